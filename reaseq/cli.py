@@ -1,0 +1,255 @@
+"""`reaseq` command line: offline jobs, publishing, releases, the service and its benchmark.
+
+Heavy imports (torch, sentence-transformers) happen inside the offline commands only, so `reaseq
+serve` starts without them. Store settings default to the service's (`REASEQ_*` environment), so
+the publisher and the service agree on where releases live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from reaseq.service.settings import ServiceSettings
+
+app = typer.Typer(
+    help="ReaSeq Serving: offline jobs, releases and the ranking service.",
+    pretty_exceptions_show_locals=False,
+)
+release_app = typer.Typer(help="List, activate and roll back releases.")
+app.add_typer(release_app, name="release")
+console = Console()
+
+StoreOpt = Annotated[str | None, typer.Option(help="embedded | redis (default: $REASEQ_STORE)")]
+ReleasesDirOpt = Annotated[Path | None, typer.Option(help="embedded store folder")]
+RedisUrlOpt = Annotated[str | None, typer.Option(help="Redis URL (default: $REASEQ_REDIS_URL)")]
+KeepOpt = Annotated[int, typer.Option(help="releases kept; older ones are garbage-collected")]
+
+
+def _settings(
+    store: str | None, releases_dir: Path | None, redis_url: str | None
+) -> ServiceSettings:
+    overrides = {"store": store, "releases_dir": releases_dir, "redis_url": redis_url}
+    return ServiceSettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _publisher(settings: ServiceSettings):
+    from reaseq.core.keys import KeySchema
+    from reaseq.offline.publish import EmbeddedPublisher, RedisPublisher
+
+    if settings.store == "redis":
+        import redis
+
+        password = settings.redis_password.get_secret_value() if settings.redis_password else None
+        client = redis.Redis.from_url(settings.redis_url, password=password, socket_timeout=10)
+        return RedisPublisher(client, KeySchema(settings.redis_namespace))
+    return EmbeddedPublisher(settings.releases_dir)
+
+
+@app.command()
+def pipeline(
+    dataset: Annotated[
+        str, typer.Argument(help="synthetic | scientific | office | ml-100k | PATH")
+    ],
+    features: Annotated[list[str], typer.Option(help="feature sets to train")] = ["id", "id+text"],  # noqa: B006
+    export_features: Annotated[
+        str, typer.Option(help="feature set exported as release")
+    ] = "id+text",
+    artifacts: Annotated[Path, typer.Option(help="artifacts folder")] = Path("artifacts"),
+    epochs: Annotated[int, typer.Option(help="max epochs (early stopping on validation)")] = 20,
+    max_behaviors: Annotated[int, typer.Option(help="behaviors per sample")] = 100,
+    attention: Annotated[str, typer.Option(help="dot | din")] = "dot",
+    publish: Annotated[bool, typer.Option(help="publish the exported release")] = True,
+    store: StoreOpt = None,
+    releases_dir: ReleasesDirOpt = None,
+    redis_url: RedisUrlOpt = None,
+    keep: KeepOpt = 3,
+) -> None:
+    """Prepare, encode, train each feature set, report AUC/GAUC/LogLoss, export and publish."""
+    from reaseq.offline.pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(
+        dataset=dataset,
+        artifacts_dir=artifacts,
+        features=tuple(features),
+        export_features=export_features,
+    )
+    cfg.train.epochs = epochs
+    cfg.train.ranker.max_behaviors = max_behaviors
+    cfg.train.ranker.attention = attention  # type: ignore[assignment]
+    with console.status(f"pipeline on {dataset}"):
+        result = run_pipeline(cfg, log=console.log)
+    console.print((result.work_dir / "report.md").read_text())
+    if publish and result.release_dir is not None:
+        settings = _settings(store, releases_dir, redis_url)
+        release = _publisher(settings).publish(result.release_dir, activate=True, keep=keep)
+        console.print(f"published and activated release [bold]{release}[/] ({settings.store})")
+
+
+@app.command("publish")
+def publish_cmd(
+    release_dir: Annotated[Path, typer.Argument(help="an exported release folder")],
+    activate: Annotated[bool, typer.Option(help="switch the active pointer to it")] = True,
+    store: StoreOpt = None,
+    releases_dir: ReleasesDirOpt = None,
+    redis_url: RedisUrlOpt = None,
+    keep: KeepOpt = 3,
+) -> None:
+    """Write a release to the store, verify it, then switch the active pointer atomically."""
+    settings = _settings(store, releases_dir, redis_url)
+    release = _publisher(settings).publish(release_dir, activate=activate, keep=keep)
+    console.print(f"published release [bold]{release}[/] to {settings.store}")
+
+
+@release_app.command("list")
+def release_list(
+    store: StoreOpt = None, releases_dir: ReleasesDirOpt = None, redis_url: RedisUrlOpt = None
+) -> None:
+    """Complete releases, oldest first; the active one is marked."""
+    from reaseq.offline.publish import describe
+
+    table = Table("active", "release", "created", "model version", "feature version")
+    for info in describe(_publisher(_settings(store, releases_dir, redis_url))):
+        table.add_row(
+            "*" if info.active else "",
+            info.release,
+            info.created_at,
+            info.model_version,
+            info.feature_version,
+        )
+    console.print(table)
+
+
+@release_app.command("activate")
+def release_activate(
+    release: str,
+    store: StoreOpt = None,
+    releases_dir: ReleasesDirOpt = None,
+    redis_url: RedisUrlOpt = None,
+) -> None:
+    """Point the service at a kept release (it switches on its next pointer check)."""
+    _publisher(_settings(store, releases_dir, redis_url)).activate(release)
+    console.print(f"active release: [bold]{release}[/]")
+
+
+@release_app.command("rollback")
+def release_rollback(
+    store: StoreOpt = None, releases_dir: ReleasesDirOpt = None, redis_url: RedisUrlOpt = None
+) -> None:
+    """Re-activate the most recent previously active release that is still kept."""
+    from reaseq.offline.publish import rollback_target
+
+    publisher = _publisher(_settings(store, releases_dir, redis_url))
+    available = {m.release for m in publisher.complete()}
+    target = rollback_target(publisher.history(), publisher.active(), available)
+    publisher.activate(target)
+    console.print(f"rolled back to [bold]{target}[/]")
+
+
+@app.command()
+def serve(
+    store: StoreOpt = None,
+    releases_dir: ReleasesDirOpt = None,
+    redis_url: RedisUrlOpt = None,
+    http_port: Annotated[int | None, typer.Option()] = None,
+    grpc_port: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Run the gRPC and HTTP ranking service (settings from REASEQ_* environment)."""
+    from reaseq.service.server import serve as run_server
+
+    settings = _settings(store, releases_dir, redis_url)
+    if http_port is not None:
+        settings.http_port = http_port
+    if grpc_port is not None:
+        settings.grpc_port = grpc_port
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(run_server(settings))
+
+
+@app.command()
+def demo(
+    store: StoreOpt = None,
+    releases_dir: ReleasesDirOpt = None,
+    redis_url: RedisUrlOpt = None,
+    serve_after: Annotated[bool, typer.Option("--serve/--no-serve")] = True,
+) -> None:
+    """The whole path on a small synthetic sample: train, export, publish, serve."""
+    pipeline(
+        "synthetic",
+        features=["id", "id+text"],
+        export_features="id+text",
+        artifacts=Path("artifacts"),
+        epochs=20,
+        max_behaviors=100,
+        attention="dot",
+        publish=True,
+        store=store,
+        releases_dir=releases_dir,
+        redis_url=redis_url,
+        keep=3,
+    )
+    if serve_after:
+        serve(store=store, releases_dir=releases_dir, redis_url=redis_url)
+
+
+@app.command()
+def bench(
+    target: Annotated[
+        str, typer.Option(help="gRPC host:port or HTTP base URL")
+    ] = "127.0.0.1:50051",
+    transport: Annotated[str, typer.Option(help="grpc | http")] = "grpc",
+    candidates: Annotated[int, typer.Option()] = 200,
+    recent: Annotated[int, typer.Option(help="real-time behaviors sent per request")] = 100,
+    requests: Annotated[int, typer.Option()] = 2000,
+    concurrency: Annotated[int, typer.Option()] = 8,
+    store: StoreOpt = None,
+    releases_dir: ReleasesDirOpt = None,
+    redis_url: RedisUrlOpt = None,
+) -> None:
+    """p50/p99 latency and throughput of Rank against a running service (ids from the active
+    release, so every candidate and behavior is a real item)."""
+    from reaseq.service.bench import bench_grpc, bench_http
+
+    user_ids, item_ids = _release_ids(_settings(store, releases_dir, redis_url))
+    runner = bench_grpc if transport == "grpc" else bench_http
+    stats = asyncio.run(
+        runner(
+            target,
+            user_ids,
+            item_ids,
+            n_candidates=candidates,
+            n_recent=recent,
+            requests=requests,
+            concurrency=concurrency,
+        )
+    )
+    console.print_json(json.dumps(stats))
+
+
+def _release_ids(settings: ServiceSettings) -> tuple[list[str], list[str]]:
+    from reaseq.core.release import Snapshot
+
+    publisher = _publisher(settings)
+    active = publisher.active()
+    if active is None:
+        raise typer.BadParameter("no active release: run `reaseq pipeline` first")
+    if settings.store == "embedded":
+        snap = Snapshot.open(settings.releases_dir / active)
+        return snap.user_ids.tolist(), snap.item_ids.tolist()
+    prefix = publisher.keys.prefix(active)
+    users, items = [], []
+    for key in publisher.client.scan_iter(match=prefix + "*", count=5000):
+        kind, _, ident = key.decode()[len(prefix) :].partition(":")
+        (users if kind == "user" else items if kind == "item" else []).append(ident)
+    return users, items
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,54 @@
+"""Compact binary values for the feature store: float16 item vectors and packed behavior sequences.
+
+One codec serves the embedded snapshot, the Redis publisher and the service reader, so a value
+written by one is read the same way by the others.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+VECTOR_DTYPE = np.dtype("<f2")
+_USER_MAGIC = b"RQU1"
+_USER_HEADER = struct.Struct("<4sHH")  # magic, L behaviors, D width
+
+
+def encode_vector(vector: np.ndarray) -> bytes:
+    """One item vector as little-endian float16 bytes (2·D bytes)."""
+    return np.ascontiguousarray(vector, dtype=VECTOR_DTYPE).tobytes()
+
+
+def decode_vectors(values: list[bytes | None], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode many item values at once: (float32 [K, D], found bool [K]); missing rows are zero."""
+    out = np.zeros((len(values), dim), dtype=np.float32)
+    found = np.zeros(len(values), dtype=bool)
+    for i, value in enumerate(values):
+        if value is None:
+            continue
+        if len(value) != 2 * dim:
+            raise ValueError(f"item value has {len(value)} bytes, expected {2 * dim} (D={dim})")
+        out[i] = np.frombuffer(value, dtype=VECTOR_DTYPE)
+        found[i] = True
+    return out, found
+
+
+def encode_behaviors(vectors: np.ndarray) -> bytes:
+    """A user's behavior sequence [L, D] (oldest first) as header + float16 payload."""
+    vectors = np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE)
+    length, dim = vectors.shape
+    return _USER_HEADER.pack(_USER_MAGIC, length, dim) + vectors.tobytes()
+
+
+def decode_behaviors(value: bytes, dim: int) -> np.ndarray:
+    """Inverse of `encode_behaviors`, checking the width against the release's D."""
+    magic, length, width = _USER_HEADER.unpack_from(value)
+    if magic != _USER_MAGIC:
+        raise ValueError(f"not a behavior record (magic {magic!r})")
+    if width != dim:
+        raise ValueError(f"behavior record has D={width}, the release has D={dim}")
+    payload = memoryview(value)[_USER_HEADER.size :]
+    if len(payload) != 2 * length * dim:
+        raise ValueError("behavior record is truncated")
+    return np.frombuffer(payload, dtype=VECTOR_DTYPE).reshape(length, dim).astype(np.float32)

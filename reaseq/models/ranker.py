@@ -1,0 +1,157 @@
+"""The CTR ranker: item tower (ids + representations) and a catalog-independent scoring network.
+
+Training runs the whole `Ranker`; export keeps only `ScoringNet`, whose inputs are dense vectors
+(DESIGN §3.4, serving-friendly split): the item tower is evaluated once per item at export time and
+its output is what the feature store publishes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+
+@dataclass
+class RankerConfig:
+    n_items: int = 0  # catalog size (ID embedding rows; one more row is the padding vector)
+    id_dim: int = 32  # width of the learned ID embedding
+    rep_in_dim: int = 0  # width of the fixed item representation (0: ID-only ranker)
+    rep_dim: int = 64  # width the representation is adapted to inside the item vector
+    attention: Literal["dot", "din"] = "dot"  # dot: multi-head scaled dot-product; din: DIN MLP
+    n_heads: int = 2  # dot attention heads
+    attn_dim: int = 64  # dot attention width (all heads together)
+    din_hidden: tuple[int, int] = (80, 40)  # DIN activation unit, first layer factorised
+    mlp_hidden: tuple[int, ...] = (200, 80)  # prediction head
+    dropout: float = 0.1
+    max_behaviors: int = 100  # behaviors kept per sample (most recent)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def item_dim(self) -> int:
+        """D: width of a published item vector."""
+        return self.id_dim + (self.rep_dim if self.rep_in_dim else 0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class DotTargetAttention(nn.Module):
+    """Multi-head scaled dot-product attention from each candidate over the behaviors."""
+
+    def __init__(self, dim: int, attn_dim: int, n_heads: int) -> None:
+        super().__init__()
+        assert attn_dim % n_heads == 0, "attn_dim must be divisible by n_heads"
+        self.n_heads, self.head_dim = n_heads, attn_dim // n_heads
+        self.q = nn.Linear(dim, attn_dim)
+        self.kv = nn.Linear(dim, 2 * attn_dim)
+        self.out = nn.Linear(attn_dim, dim)
+
+    def forward(self, cand: torch.Tensor, beh: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, c, _ = cand.shape
+        length = beh.shape[1]
+        q = self.q(cand).view(b, c, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, C, hd)
+        k, v = self.kv(beh).chunk(2, dim=-1)
+        k = k.view(b, length, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
+        v = v.view(b, length, self.n_heads, self.head_dim).transpose(1, 2)
+        logits = q @ k.transpose(-1, -2) / self.head_dim**0.5  # (B, H, C, L)
+        logits = logits.masked_fill(mask[:, None, None, :] <= 0, -1e4)
+        pooled = torch.softmax(logits, dim=-1) @ v  # (B, H, C, hd)
+        pooled = pooled.transpose(1, 2).reshape(b, c, -1)
+        has_any = (mask.sum(-1) > 0).to(cand.dtype)[:, None, None]  # empty history -> zero
+        return self.out(pooled) * has_any  # (B, C, D)
+
+
+class DinTargetAttention(nn.Module):
+    """DIN activation unit over [q, k, q-k, q*k]; the linear q and k terms are computed once per
+    candidate / per behavior (factorised first layer), only the q*k term is per pair."""
+
+    def __init__(self, dim: int, hidden: tuple[int, int]) -> None:
+        super().__init__()
+        h1, h2 = hidden
+        self.w_q = nn.Linear(dim, h1)  # acts on q (and the +q of q-k)
+        self.w_k = nn.Linear(dim, h1, bias=False)  # acts on k (and the -k of q-k)
+        self.w_qk = nn.Linear(dim, h1, bias=False)  # acts on q*k
+        self.mlp = nn.Sequential(nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, 1))
+
+    def forward(self, cand: torch.Tensor, beh: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        a_q = self.w_q(cand)[:, :, None, :]  # (B, C, 1, h1)
+        a_k = self.w_k(beh)[:, None, :, :]  # (B, 1, L, h1)
+        a_qk = self.w_qk(cand[:, :, None, :] * beh[:, None, :, :])  # (B, C, L, h1)
+        weights = self.mlp(a_q + a_k + a_qk).squeeze(-1) * mask[:, None, :]  # (B, C, L)
+        return weights @ beh  # (B, C, D), DIN: weighted sum, no softmax
+
+
+class ScoringNet(nn.Module):
+    """Dense part of the ranker: (candidates, behaviors, mask) -> click probability. Exported."""
+
+    def __init__(self, cfg: RankerConfig) -> None:
+        super().__init__()
+        dim = cfg.item_dim
+        if cfg.attention == "dot":
+            self.attention: nn.Module = DotTargetAttention(dim, cfg.attn_dim, cfg.n_heads)
+        else:
+            self.attention = DinTargetAttention(dim, cfg.din_hidden)
+        layers: list[nn.Module] = []
+        width = 3 * dim
+        for hidden in cfg.mlp_hidden:
+            layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(cfg.dropout)]
+            width = hidden
+        layers.append(nn.Linear(width, 1))
+        self.head = nn.Sequential(*layers)
+
+    def logits(self, cand: torch.Tensor, beh: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        interest = self.attention(cand, beh, mask)  # (B, C, D)
+        features = torch.cat([cand, interest, cand * interest], dim=-1)  # (B, C, 3D)
+        return self.head(features).squeeze(-1)  # (B, C)
+
+    def forward(self, cand: torch.Tensor, beh: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(cand, beh, mask))
+
+
+class ItemTower(nn.Module):
+    """Item vector = [ID embedding ‖ adapted representation]; the last row is padding (zeros)."""
+
+    def __init__(self, cfg: RankerConfig, representations: torch.Tensor | None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.id_embedding = nn.Embedding(cfg.n_items + 1, cfg.id_dim, padding_idx=cfg.n_items)
+        nn.init.normal_(self.id_embedding.weight, std=0.05)
+        with torch.no_grad():
+            self.id_embedding.weight[cfg.n_items].zero_()
+        if cfg.rep_in_dim:
+            assert representations is not None and representations.shape[1] == cfg.rep_in_dim
+            padded = torch.cat([representations, torch.zeros(1, cfg.rep_in_dim)])
+            self.register_buffer("representations", padded.float())
+            self.adapter = nn.Linear(cfg.rep_in_dim, cfg.rep_dim)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        vec = self.id_embedding(items)
+        if self.cfg.rep_in_dim:
+            rep = self.adapter(self.representations[items])
+            rep = rep * (items != self.cfg.n_items).unsqueeze(-1).to(rep.dtype)  # padding stays 0
+            vec = torch.cat([vec, rep], dim=-1)
+        return vec
+
+    @torch.no_grad()
+    def all_vectors(self) -> torch.Tensor:
+        """[N, D] vectors of every catalog item: what the feature store publishes."""
+        return self.forward(torch.arange(self.cfg.n_items))
+
+
+class Ranker(nn.Module):
+    """Training-time model: item ids in, logits out."""
+
+    def __init__(self, cfg: RankerConfig, representations: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.items = ItemTower(cfg, representations)
+        self.scorer = ScoringNet(cfg)
+
+    def forward(self, candidates: torch.Tensor, behaviors: torch.Tensor) -> dict[str, torch.Tensor]:
+        """candidates (B, C) item rows; behaviors (B, L) item rows, padding = n_items."""
+        mask = (behaviors != self.cfg.n_items).float()
+        logits = self.scorer.logits(self.items(candidates), self.items(behaviors), mask)
+        return {"logits": logits, "y_pred": torch.sigmoid(logits)}

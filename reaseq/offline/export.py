@@ -1,0 +1,178 @@
+"""Job `export`: a trained ranker -> a release folder (ONNX scoring model + feature snapshot).
+
+The scoring network goes to ONNX with dynamic batch, candidate and behavior axes; the item tower
+is evaluated once per catalog item and published as float16 vectors, together with each user's
+most recent behaviors as vectors. Parity with PyTorch is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from reaseq.core import contract
+from reaseq.core.codec import VECTOR_DTYPE
+from reaseq.core.release import (
+    DEFAULT_ITEM_VECTOR,
+    ITEM_IDS,
+    ITEM_VECTORS,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    SNAPSHOT_FILES,
+    USER_BEHAVIORS,
+    USER_IDS,
+    USER_OFFSETS,
+    ReleaseManifest,
+    combine_hashes,
+    sha256_bytes,
+    sha256_file,
+)
+from reaseq.models.ranker import Ranker, ScoringNet
+from reaseq.offline.prepare import Prepared
+
+OPSET = 17
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def export_onnx(scorer: ScoringNet, dim: int) -> bytes:
+    """ONNX bytes of the scoring network; B, C and L are dynamic."""
+    scorer.eval()
+    example = (torch.randn(2, 3, dim), torch.randn(2, 5, dim), torch.ones(2, 5))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            scorer,
+            example,
+            buffer,
+            input_names=list(contract.INPUT_NAMES),
+            output_names=list(contract.OUTPUT_NAMES),
+            dynamic_axes={
+                contract.CANDIDATES: {0: "batch", 1: "candidates"},
+                contract.BEHAVIORS: {0: "batch", 1: "behaviors"},
+                contract.BEHAVIOR_MASK: {0: "batch", 1: "behaviors"},
+                contract.SCORES: {0: "batch", 1: "candidates"},
+            },
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+def onnx_parity(scorer: ScoringNet, onnx_bytes: bytes, dim: int, seed: int = 0) -> float:
+    """Max |ONNX Runtime - PyTorch| over random inputs of several shapes, empty history included."""
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for b, c, length, empty in [(1, 200, 100, False), (3, 7, 13, False), (2, 5, 4, True)]:
+        cand = rng.normal(size=(b, c, dim)).astype(np.float32)
+        beh = rng.normal(size=(b, length, dim)).astype(np.float32)
+        mask = (rng.random((b, length)) > 0.3).astype(np.float32)
+        if empty:
+            mask[0] = 0
+        feeds = {contract.CANDIDATES: cand, contract.BEHAVIORS: beh, contract.BEHAVIOR_MASK: mask}
+        (ort_out,) = session.run([contract.SCORES], feeds)
+        with torch.no_grad():
+            ref = scorer(torch.from_numpy(cand), torch.from_numpy(beh), torch.from_numpy(mask))
+        worst = max(worst, float(np.abs(ort_out - ref.numpy()).max()))
+    return worst
+
+
+def user_behavior_vectors(
+    data: Prepared, item_vectors: np.ndarray, max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's last `max_len` behaviors as vectors, CSR: (offsets [U+1], vectors [T, D])."""
+    lengths = np.minimum(np.diff(data.beh_offsets), max_len)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    rows = np.concatenate(
+        [
+            data.beh_items[end - n : end]
+            for end, n in zip(data.beh_offsets[1:], lengths, strict=True)
+        ]
+        or [np.zeros(0, dtype=np.int32)]
+    )
+    return offsets, item_vectors[rows]
+
+
+def export_release(
+    model: Ranker,
+    data: Prepared,
+    out_root: Path,
+    features: str,
+    metrics: dict[str, float],
+    release: str | None = None,
+    parity_tolerance: float = 1e-4,
+) -> Path:
+    """Write a complete release folder under out_root; returns its path."""
+    cfg = model.cfg
+    dim = cfg.item_dim
+    onnx_bytes = export_onnx(model.scorer, dim)
+    diff = onnx_parity(model.scorer, onnx_bytes, dim)
+    if diff > parity_tolerance:
+        raise RuntimeError(f"ONNX/PyTorch parity failed: max abs diff {diff:.2e}")
+
+    item_vectors = model.items.all_vectors().numpy().astype(VECTOR_DTYPE)
+    default_vector = item_vectors.astype(np.float32).mean(axis=0).astype(VECTOR_DTYPE)
+    offsets, behaviors = user_behavior_vectors(data, item_vectors, cfg.max_behaviors)
+
+    now = dt.datetime.now(dt.UTC)
+    model_sha = sha256_bytes(onnx_bytes)
+    tag = features.replace("+", "-")
+    release = release or f"{data.name}-{tag}-{now:%Y%m%d%H%M%S}-{model_sha[:8]}"
+    folder = out_root / release
+    (folder / "features").mkdir(parents=True, exist_ok=False)
+    (folder / MODEL_FILE).write_bytes(onnx_bytes)
+    arrays = {
+        ITEM_IDS: data.items["item_id"].to_numpy().astype(str),
+        ITEM_VECTORS: item_vectors,
+        DEFAULT_ITEM_VECTOR: default_vector,
+        USER_IDS: data.user_ids.astype(str),
+        USER_OFFSETS: offsets,
+        USER_BEHAVIORS: behaviors.astype(VECTOR_DTYPE),
+    }
+    for name, array in arrays.items():
+        np.save(folder / name, array, allow_pickle=False)
+    files = {MODEL_FILE: model_sha} | {name: sha256_file(folder / name) for name in SNAPSHOT_FILES}
+    snapshot_sha = combine_hashes([files[name] for name in SNAPSHOT_FILES])
+    manifest = ReleaseManifest(
+        release=release,
+        created_at=now.isoformat(timespec="seconds"),
+        model_version=f"{data.name}-{features}-{model_sha[:12]}",
+        feature_version=f"{data.name}-{snapshot_sha[:12]}",
+        vector_dim=dim,
+        max_behaviors=cfg.max_behaviors,
+        n_items=len(item_vectors),
+        n_users=len(data.user_ids),
+        n_behaviors=len(behaviors),
+        model_sha256=model_sha,
+        snapshot_sha256=snapshot_sha,
+        files=files,
+        code_version=code_version(),
+        dataset=data.name,
+        features=features,
+        metrics=metrics | {"onnx_parity_max_abs_diff": diff},
+        ranker_config=json.loads(json.dumps(cfg.to_dict())),
+    )
+    (folder / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
+    return folder

@@ -1,0 +1,196 @@
+"""The offline pipeline: load -> prepare -> encode -> train (per feature set) -> report -> export
+-> publish. Each step writes into one artifacts folder per dataset; `encode` is cached by content
+hash, so reruns skip the slowest step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from reaseq.offline.datasets import load_dataset
+from reaseq.offline.export import export_release
+from reaseq.offline.prepare import PrepareConfig, Prepared, prepare
+from reaseq.offline.text_reps import REPS_FILE, TextRepConfig, build_text_representation
+from reaseq.offline.train import (
+    CHECKPOINT_FILE,
+    FEATURE_SETS,
+    TrainConfig,
+    popularity_baseline,
+    save_checkpoint,
+    train_ranker,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+KNOWN_DATASETS = {
+    "amazon18-scientific": "amazon18-scientific",
+    "scientific": "amazon18-scientific",
+    "amazon14-office": "amazon14-office",
+    "office": "amazon14-office",
+    "ml-100k": "ml-100k",
+}
+
+
+def shared_data_dir() -> Path:
+    """`../shared/data` beside the checkout, or $REASEQ_SHARED_DATA."""
+    env = os.environ.get("REASEQ_SHARED_DATA")
+    return Path(env) if env else (REPO_ROOT.parent / "shared" / "data").resolve()
+
+
+def resolve_dataset(dataset: str, work_dir: Path) -> tuple[str, Path]:
+    """A dataset argument -> (name, path): a known name in shared data, 'synthetic', or a path."""
+    if dataset == "synthetic":
+        from reaseq.offline import synthetic
+
+        return "synthetic", synthetic.generate(work_dir / "raw")
+    if dataset in KNOWN_DATASETS:
+        name = KNOWN_DATASETS[dataset]
+        path = shared_data_dir() / name
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: set REASEQ_SHARED_DATA to the data folder")
+        return name, path
+    path = Path(dataset)
+    if not path.exists():
+        known = ", ".join(["synthetic", *KNOWN_DATASETS])
+        raise FileNotFoundError(f"{dataset!r} is neither a path nor a known dataset ({known})")
+    return path.name, path
+
+
+@dataclass
+class PipelineConfig:
+    dataset: str = "synthetic"
+    artifacts_dir: Path = Path("artifacts")
+    features: tuple[str, ...] = FEATURE_SETS  # feature sets to train and report
+    export_features: str = "id+text"  # the trained model that becomes the release
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    text: TextRepConfig = field(default_factory=TextRepConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class PipelineResult:
+    name: str
+    work_dir: Path
+    report: dict
+    release_dir: Path | None
+
+
+Log = Callable[[str], None]
+
+
+def run_pipeline(cfg: PipelineConfig, log: Log = print, export: bool = True) -> PipelineResult:
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    name, path = resolve_dataset(cfg.dataset, cfg.artifacts_dir / "synthetic")
+    work = cfg.artifacts_dir / name
+    work.mkdir(parents=True, exist_ok=True)
+
+    raw = load_dataset(path, name=name)
+    log(raw.report.summary())
+    data = prepare(raw, cfg.prepare)
+    data.save(work / "prepared", extra={"load_report": asdict(raw.report)})
+    timings["prepare_s"] = time.perf_counter() - t0
+    log(f"prepared: {json.dumps(data.summary())}")
+
+    reps = None
+    if any("text" in f for f in cfg.features) or "text" in cfg.export_features:
+        t = time.perf_counter()
+        reps = build_text_representation(
+            data.items["text"].fillna("").tolist(), work / "reps", cfg.text, show_progress=False
+        )
+        timings["encode_s"] = time.perf_counter() - t
+        log(f"item representations {reps.shape} in {timings['encode_s']:.1f}s")
+
+    results = {}
+    for features in cfg.features:
+        t = time.perf_counter()
+        train_cfg = _copy_train(cfg.train, features)
+        result = train_ranker(
+            data, reps, train_cfg, on_epoch=lambda row, f=features: log(f"[{f}] {_fmt(row)}")
+        )
+        save_checkpoint(result, train_cfg, work / "models" / features / CHECKPOINT_FILE)
+        results[features] = result
+        timings[f"train_{features}_s"] = time.perf_counter() - t
+        log(f"[{features}] test {_fmt(result.metrics['test'])} (best epoch {result.best_epoch})")
+
+    report = {
+        "dataset": name,
+        "protocol": data.protocol,
+        "data": data.summary(),
+        "results": {
+            f: {
+                "test": r.metrics["test"],
+                "val": r.metrics["val"],
+                "best_epoch": r.best_epoch,
+                "train_seconds": round(r.seconds, 1),
+            }
+            for f, r in results.items()
+        },
+        "baselines": {"popularity": popularity_baseline(data)},
+        "config": _jsonable(asdict(cfg)),
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+    }
+    release_dir = None
+    if export and cfg.export_features in results:
+        chosen = results[cfg.export_features]
+        metrics = {f"test_{k}": v for k, v in chosen.metrics["test"].items() if k != "n"}
+        release_dir = export_release(
+            chosen.model, data, work / "exports", cfg.export_features, metrics
+        )
+        report["release"] = release_dir.name
+    report["timings"]["total_s"] = round(time.perf_counter() - t0, 1)
+    (work / "report.json").write_text(json.dumps(report, indent=2))
+    (work / "report.md").write_text(render_report(report))
+    return PipelineResult(name, work, report, release_dir)
+
+
+def render_report(report: dict) -> str:
+    lines = [
+        f"# {report['dataset']} — {report['protocol']}",
+        "",
+        "| model | test AUC | test GAUC | test LogLoss | val AUC | best epoch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for features, r in report["results"].items():
+        t, v = r["test"], r["val"]
+        lines.append(
+            f"| ranker `{features}` | {t['auc']:.4f} | {t['gauc']:.4f} | {t['logloss']:.4f} "
+            f"| {v['auc']:.4f} | {r['best_epoch']} |"
+        )
+    for name, t in report["baselines"].items():
+        lines.append(
+            f"| baseline {name} | {t['auc']:.4f} | {t['gauc']:.4f} | {t['logloss']:.4f} | | |"
+        )
+    lines += ["", f"samples: {report['data']['samples']}", f"timings (s): {report['timings']}", ""]
+    return "\n".join(lines)
+
+
+def load_representations(work: Path) -> np.ndarray | None:
+    path = work / "reps" / REPS_FILE
+    return np.load(path) if path.exists() else None
+
+
+def load_prepared(work: Path) -> Prepared:
+    return Prepared.load(work / "prepared")
+
+
+def _copy_train(cfg: TrainConfig, features: str) -> TrainConfig:
+    from copy import deepcopy
+
+    copy = deepcopy(cfg)
+    copy.features = features
+    return copy
+
+
+def _fmt(row: dict) -> str:
+    return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=str))

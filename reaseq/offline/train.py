@@ -1,0 +1,174 @@
+"""Job `train`: fit the ranker on train samples, early-stop on validation, report on test.
+
+Early stopping looks at validation AUC only; test is scored once, with the best weights.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from reaseq.models.ranker import Ranker, RankerConfig
+from reaseq.offline.metrics import ctr_metrics
+from reaseq.offline.prepare import Prepared
+
+FEATURE_SETS = ("id", "id+text")
+CHECKPOINT_FILE = "ranker.pt"
+
+
+@dataclass
+class TrainConfig:
+    features: str = "id+text"  # "id": ID-only baseline; "id+text": IDs + item representation
+    epochs: int = 20  # upper bound; early stopping usually ends sooner
+    patience: int = 2  # epochs without validation AUC gain before stopping
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    threads: int = 2
+    eval_batch_size: int = 4096
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+
+
+@dataclass
+class TrainResult:
+    model: Ranker
+    metrics: dict[str, dict[str, float]]  # split -> metrics
+    history: list[dict[str, float]]
+    best_epoch: int
+    seconds: float
+
+
+def _tensors(
+    data: Prepared, split: str, max_len: int
+) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor]:
+    samples = data.samples[data.samples["split"] == split].reset_index(drop=True)
+    hist = data.histories(samples, max_len, pad=data.n_items)
+    cand = torch.from_numpy(samples["item_row"].to_numpy(np.int64, copy=True))
+    return samples, cand, torch.from_numpy(hist)
+
+
+@torch.no_grad()
+def predict(model: Ranker, cand: torch.Tensor, hist: torch.Tensor, batch: int) -> np.ndarray:
+    model.eval()
+    out = [
+        model(cand[i : i + batch, None], hist[i : i + batch])["y_pred"][:, 0]
+        for i in range(0, len(cand), batch)
+    ]
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def train_ranker(
+    data: Prepared,
+    representations: np.ndarray | None,
+    cfg: TrainConfig,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    if cfg.features not in FEATURE_SETS:
+        raise ValueError(f"features must be one of {FEATURE_SETS}, got {cfg.features!r}")
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    rcfg = cfg.ranker
+    rcfg.n_items = data.n_items
+    reps = None
+    if cfg.features == "id+text":
+        if representations is None:
+            raise ValueError("features 'id+text' needs item representations: run `reaseq encode`")
+        reps = torch.from_numpy(np.asarray(representations, dtype=np.float32))
+        rcfg.rep_in_dim = reps.shape[1]
+    else:
+        rcfg.rep_in_dim = 0
+    model = Ranker(rcfg, reps)
+    optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    train_s, train_c, train_h = _tensors(data, "train", rcfg.max_behaviors)
+    val_s, val_c, val_h = _tensors(data, "val", rcfg.max_behaviors)
+    train_y = torch.from_numpy(train_s["label"].to_numpy(np.float32, copy=True))
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    start = time.perf_counter()
+    best_auc, best_epoch, best_state, history, stale = -1.0, 0, None, [], 0
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        order = torch.randperm(len(train_c), generator=generator)
+        total = 0.0
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            logits = model(train_c[idx, None], train_h[idx])["logits"][:, 0]
+            loss = loss_fn(logits, train_y[idx])
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            total += loss.item() * len(idx)
+        val_pred = predict(model, val_c, val_h, cfg.eval_batch_size)
+        val = ctr_metrics(val_s["user_row"].to_numpy(), val_s["label"].to_numpy(), val_pred)
+        row = {"epoch": epoch, "train_loss": total / max(len(order), 1)} | {
+            f"val_{k}": v for k, v in val.items() if k != "n"
+        }
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+        if val["auc"] > best_auc:
+            best_auc, best_epoch, stale = val["auc"], epoch, 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+
+    metrics = {}
+    for split in ("val", "test"):
+        s, c, h = _tensors(data, split, rcfg.max_behaviors)
+        metrics[split] = ctr_metrics(
+            s["user_row"].to_numpy(),
+            s["label"].to_numpy(),
+            predict(model, c, h, cfg.eval_batch_size),
+        )
+    return TrainResult(model, metrics, history, best_epoch, time.perf_counter() - start)
+
+
+def popularity_baseline(data: Prepared) -> dict[str, float]:
+    """Non-learned reference: score = the candidate's positive count in train samples."""
+    train = data.samples[(data.samples["split"] == "train") & (data.samples["label"] > 0.5)]
+    counts = np.bincount(train["item_row"].to_numpy(), minlength=data.n_items).astype(np.float64)
+    test = data.samples[data.samples["split"] == "test"]
+    score = counts[test["item_row"].to_numpy()]
+    score = (score + 1) / (score.max() + 2)  # in (0, 1): LogLoss is defined, ranking unchanged
+    return ctr_metrics(test["user_row"].to_numpy(), test["label"].to_numpy(), score)
+
+
+def save_checkpoint(result: TrainResult, cfg: TrainConfig, path: Path) -> None:
+    """Weights with the config that built them (nanoGPT style), so export needs nothing else."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "state_dict": result.model.state_dict(),
+            "ranker_config": result.model.cfg.to_dict(),
+            "train_config": {k: v for k, v in asdict(cfg).items() if k != "ranker"},
+            "metrics": result.metrics,
+            "best_epoch": result.best_epoch,
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: Path) -> tuple[Ranker, dict]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    rcfg_dict = dict(ckpt["ranker_config"])
+    rcfg_dict["din_hidden"] = tuple(rcfg_dict["din_hidden"])
+    rcfg_dict["mlp_hidden"] = tuple(rcfg_dict["mlp_hidden"])
+    rcfg = RankerConfig(**rcfg_dict)
+    reps = torch.zeros(rcfg.n_items, rcfg.rep_in_dim) if rcfg.rep_in_dim else None
+    model = Ranker(rcfg, reps)
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, ckpt

@@ -1,0 +1,218 @@
+"""Closed-loop latency/throughput benchmark of a running service, over gRPC or HTTP.
+
+Pure client code (stubs + grpc/httpx only), so it measures what a caller sees and can run from
+any machine. Each request scores `n_candidates` items against `n_recent` real-time behaviors.
+
+    python -m reaseq.service.bench --transport grpc --target 127.0.0.1:50051 \\
+        --users users.txt --items items.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import grpc
+import httpx
+
+from reaseq.v1 import ranking_pb2, ranking_pb2_grpc
+
+CALL_TIMEOUT_S = 10.0  # per request, so a stuck server shows up as errors, not a hang
+
+
+def _make_requests(
+    user_ids: list[str], item_ids: list[str], n_candidates: int, n_recent: int, n: int, seed: int
+) -> list[dict[str, Any]]:
+    """`n` request bodies, fixed by `seed`, so runs over both transports send the same load."""
+    if not user_ids or not item_ids:
+        raise ValueError("bench needs at least one user id and one item id")
+    rng = random.Random(seed)
+    requests = []
+    for _ in range(n):
+        if len(item_ids) >= n_candidates:
+            candidates = rng.sample(item_ids, n_candidates)
+        else:
+            candidates = rng.choices(item_ids, k=n_candidates)
+        requests.append(
+            {
+                "user_id": rng.choice(user_ids),
+                "candidate_item_ids": candidates,
+                "recent_item_ids": rng.choices(item_ids, k=n_recent),
+            }
+        )
+    return requests
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile of an already sorted list (q in 0..100)."""
+    if not sorted_values:
+        return float("nan")
+    pos = (len(sorted_values) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+async def _run(
+    call: Callable[[dict[str, Any]], Awaitable[None]],
+    bodies: list[dict[str, Any]],
+    warmup: int,
+    concurrency: int,
+) -> dict[str, Any]:
+    """Run warm-up then the timed requests with `concurrency` workers; summarise."""
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async def worker(queue: list[dict[str, Any]], record: bool) -> None:
+        while queue:
+            body = queue.pop()
+            start = perf_counter()
+            try:
+                await call(body)
+            except Exception as exc:  # counted, never fatal: the benchmark reports error rates
+                if record:
+                    errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                continue
+            if record:
+                latencies.append(perf_counter() - start)
+
+    warm = bodies[:warmup]
+    await asyncio.gather(*(worker(warm, record=False) for _ in range(concurrency)))
+    timed = bodies[warmup:][::-1]  # pop() from the end keeps request order
+    start = perf_counter()
+    await asyncio.gather(*(worker(timed, record=True) for _ in range(concurrency)))
+    wall = perf_counter() - start
+
+    ms = sorted(x * 1000 for x in latencies)
+    n_candidates = len(bodies[0]["candidate_item_ids"]) if bodies else 0
+    return {
+        "requests": len(bodies) - warmup,
+        "ok": len(ms),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "concurrency": concurrency,
+        "n_candidates": n_candidates,
+        "n_recent": len(bodies[0]["recent_item_ids"]) if bodies else 0,
+        "p50_ms": _percentile(ms, 50),
+        "p90_ms": _percentile(ms, 90),
+        "p99_ms": _percentile(ms, 99),
+        "mean_ms": sum(ms) / len(ms) if ms else float("nan"),
+        "wall_s": wall,
+        "throughput_rps": len(ms) / wall if wall > 0 else 0.0,
+        "candidates_per_s": len(ms) * n_candidates / wall if wall > 0 else 0.0,
+    }
+
+
+async def bench_grpc(
+    target: str,
+    user_ids: list[str],
+    item_ids: list[str],
+    n_candidates: int = 200,
+    n_recent: int = 100,
+    requests: int = 2000,
+    concurrency: int = 8,
+    warmup: int = 100,
+    seed: int = 0,
+    print_report: bool = False,
+) -> dict[str, Any]:
+    """Benchmark `RankingService/Rank` at `target` (host:port) over one grpc.aio channel."""
+    bodies = _make_requests(user_ids, item_ids, n_candidates, n_recent, warmup + requests, seed)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = ranking_pb2_grpc.RankingServiceStub(channel)
+
+        async def call(body: dict[str, Any]) -> None:
+            await stub.Rank(ranking_pb2.RankRequest(**body), timeout=CALL_TIMEOUT_S)
+
+        report = {"transport": "grpc", "target": target}
+        report |= await _run(call, bodies, warmup, concurrency)
+    if print_report:
+        print(format_report(report))
+    return report
+
+
+async def bench_http(
+    base_url: str,
+    user_ids: list[str],
+    item_ids: list[str],
+    n_candidates: int = 200,
+    n_recent: int = 100,
+    requests: int = 2000,
+    concurrency: int = 8,
+    warmup: int = 100,
+    seed: int = 0,
+    print_report: bool = False,
+) -> dict[str, Any]:
+    """Benchmark `POST /v1/rank` at `base_url` with one pooled httpx.AsyncClient."""
+    bodies = _make_requests(user_ids, item_ids, n_candidates, n_recent, warmup + requests, seed)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(
+        base_url=base_url, limits=limits, timeout=CALL_TIMEOUT_S
+    ) as client:
+
+        async def call(body: dict[str, Any]) -> None:
+            response = await client.post("/v1/rank", json=body)
+            response.raise_for_status()
+
+        report = {"transport": "http", "target": base_url}
+        report |= await _run(call, bodies, warmup, concurrency)
+    if print_report:
+        print(format_report(report))
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """One human-readable line per benchmark run."""
+    return (
+        f"{report['transport']} {report['target']}: {report['ok']}/{report['requests']} ok, "
+        f"{report['errors']} errors, concurrency {report['concurrency']}, "
+        f"{report['n_candidates']} candidates x {report['n_recent']} recent | "
+        f"p50 {report['p50_ms']:.2f} ms, p90 {report['p90_ms']:.2f} ms, "
+        f"p99 {report['p99_ms']:.2f} ms, mean {report['mean_ms']:.2f} ms | "
+        f"{report['throughput_rps']:.0f} req/s, {report['candidates_per_s']:.0f} candidates/s"
+    )
+
+
+def _read_ids(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: prints the human line, then the report as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--transport", choices=("grpc", "http"), default="grpc")
+    parser.add_argument("--target", default=None, help="host:port (grpc) or base URL (http)")
+    parser.add_argument("--users", type=Path, required=True, help="file with one user id a line")
+    parser.add_argument("--items", type=Path, required=True, help="file with one item id a line")
+    parser.add_argument("--candidates", type=int, default=200)
+    parser.add_argument("--recent", type=int, default=100)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    kwargs: dict[str, Any] = {
+        "user_ids": _read_ids(args.users),
+        "item_ids": _read_ids(args.items),
+        "n_candidates": args.candidates,
+        "n_recent": args.recent,
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "warmup": args.warmup,
+        "seed": args.seed,
+        "print_report": True,
+    }
+    if args.transport == "grpc":
+        report = asyncio.run(bench_grpc(args.target or "127.0.0.1:50051", **kwargs))
+    else:
+        report = asyncio.run(bench_http(args.target or "http://127.0.0.1:8000", **kwargs))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Domain errors that carry their HTTP and gRPC status, mapped in one place by each transport.
+
+Every error says what was wrong and how to fix it, so a caller can act on the message alone.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ReaseqError(Exception):
+    """Base class: a failure the caller can be told about (never an internal crash)."""
+
+    http_status: int = 500
+    grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    kind: str = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(ReaseqError):
+    """The request itself is malformed: empty or oversized lists, bad ids."""
+
+    http_status = 400
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    kind = "invalid_request"
+
+
+class NotReady(ReaseqError):
+    """No release is loaded yet (start-up, or nothing published)."""
+
+    http_status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    kind = "not_ready"
+
+
+class FeatureStoreUnavailable(ReaseqError):
+    """The feature store (Redis) did not answer in time; retry, or check the store."""
+
+    http_status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    kind = "feature_store_unavailable"
+
+
+class ModelBackendUnavailable(ReaseqError):
+    """The model backend (ONNX Runtime / Triton) failed or did not answer in time."""
+
+    http_status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    kind = "model_backend_unavailable"
+
+
+class DeadlineExceeded(ReaseqError):
+    """The request's own deadline passed before scoring finished."""
+
+    http_status = 504
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    kind = "deadline_exceeded"

@@ -1,0 +1,154 @@
+"""gRPC transport: `reaseq.v1.RankingService/Rank`, the standard health service, and reflection.
+
+The servicer only converts messages and maps errors; ranking semantics live in the Ranker, shared
+with the HTTP transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from time import perf_counter
+from typing import NoReturn
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from reaseq.service import metrics
+from reaseq.service.errors import ReaseqError
+from reaseq.service.query import RankQuery, RankResult
+from reaseq.service.ranking import Ranker
+from reaseq.v1 import ranking_pb2, ranking_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME: str = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name
+HEALTH_REFRESH_S = 1.0
+_background: set[asyncio.Task[None]] = set()  # strong references to the health refreshers
+
+
+def to_query(request: ranking_pb2.RankRequest, time_remaining_s: float | None) -> RankQuery:
+    """Proto -> RankQuery; the tighter of `deadline_ms` and the call's own deadline applies."""
+    deadline_ms = request.deadline_ms or None
+    if time_remaining_s is not None:
+        # at least 1 ms: 0 would mean "no deadline"; the ranker then fails fast with its own error
+        call_ms = max(1, math.floor(time_remaining_s * 1000))
+        deadline_ms = call_ms if deadline_ms is None else min(deadline_ms, call_ms)
+    return RankQuery(
+        user_id=request.user_id,
+        candidate_item_ids=list(request.candidate_item_ids),
+        recent_item_ids=list(request.recent_item_ids),
+        deadline_ms=deadline_ms,
+    )
+
+
+def to_response(result: RankResult) -> ranking_pb2.RankResponse:
+    return ranking_pb2.RankResponse(
+        scores=result.scores,
+        release=result.release,
+        model_version=result.model_version,
+        feature_version=result.feature_version,
+        unknown_user=result.unknown_user,
+        unknown_item_indices=result.unknown_item_indices,
+        unknown_recent_indices=result.unknown_recent_indices,
+        degraded=False,
+    )
+
+
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, msg: str) -> NoReturn:
+    await context.abort(code, msg)
+    raise AssertionError("context.abort returned")  # it always raises
+
+
+class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
+    """Converts messages and maps errors; one instance per server, sharing the app's Ranker."""
+
+    def __init__(self, ranker: Ranker) -> None:
+        self._ranker = ranker
+
+    async def Rank(
+        self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext
+    ) -> ranking_pb2.RankResponse:
+        start = perf_counter()
+        try:
+            result = await self._ranker.rank(to_query(request, context.time_remaining()))
+        except ReaseqError as err:
+            metrics.observe_error("grpc", err, perf_counter() - start)
+            await _abort(context, err.grpc_code, err.message)
+        except Exception as exc:
+            log.exception("unexpected error while ranking over gRPC")
+            metrics.observe_error("grpc", exc, perf_counter() - start)
+            await _abort(
+                context, grpc.StatusCode.INTERNAL, "internal error while ranking; see server logs"
+            )
+        metrics.observe_result("grpc", result, perf_counter() - start)
+        return to_response(result)
+
+
+class ReadinessHealthServicer(health.aio.HealthServicer):
+    """Standard health service whose status follows `ranker.is_ready()`.
+
+    Check refreshes on every call, so probes are exact; a background task refreshes every second
+    for Watch subscribers.
+    """
+
+    def __init__(self, ranker: Ranker) -> None:
+        super().__init__()
+        self._ranker = ranker
+
+    async def refresh(self) -> None:
+        ready = self._ranker.is_ready()
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            await self.set(service, status)
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        await self.refresh()
+        return await super().Check(request, context)
+
+    async def watch_until_stopped(self, server: grpc.aio.Server) -> None:
+        """Refresh every second until the server terminates, then report NOT_SERVING."""
+        try:
+            while True:
+                try:
+                    await self.refresh()
+                except Exception:
+                    log.exception("health refresh failed; retrying")
+                # wait_for_termination returns True on timeout, False once the server stopped
+                if not await server.wait_for_termination(timeout=HEALTH_REFRESH_S):
+                    return
+        finally:
+            await self.enter_graceful_shutdown()
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def build_grpc_server(ranker: Ranker, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """Create (not start) the server; returns it and the bound port (port 0 picks a free one).
+
+    Call from inside the running event loop: the health refresher is started as a task on it.
+    """
+    server = grpc.aio.server()
+    ranking_pb2_grpc.add_RankingServiceServicer_to_server(RankingServicer(ranker), server)
+    health_servicer = ReadinessHealthServicer(ranker)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    bound = server.add_insecure_port(_address(host, port))
+    if bound == 0:
+        raise OSError(f"gRPC could not bind {_address(host, port)}: is the port already in use?")
+    task = asyncio.get_running_loop().create_task(health_servicer.watch_until_stopped(server))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return server, bound

@@ -1,0 +1,77 @@
+"""The transport-independent request and response of one Rank call, and their validation.
+
+gRPC and HTTP both convert into `RankQuery`, call `Ranker.rank`, and convert `RankResult` back,
+so both transports have identical semantics by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reaseq.service.errors import InvalidRequest
+
+MAX_ID_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class RankLimits:
+    """Bounds on one request; oversized requests are refused rather than slowing everyone."""
+
+    max_candidates: int = 1000
+    max_recent_behaviors: int = 100
+
+
+@dataclass
+class RankQuery:
+    user_id: str
+    candidate_item_ids: list[str]
+    recent_item_ids: list[str] = field(default_factory=list)
+    deadline_ms: int | None = None  # None or 0: no per-request deadline
+
+
+@dataclass
+class RankResult:
+    scores: list[float]  # one per candidate, in request order
+    release: str
+    model_version: str
+    feature_version: str
+    unknown_user: bool
+    unknown_item_indices: list[
+        int
+    ]  # positions in candidate_item_ids scored with the default vector
+    unknown_recent_indices: list[int]  # positions in recent_item_ids that were ignored
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+
+
+def _check_id(value: object, what: str) -> None:
+    if not isinstance(value, str) or not value or not value.strip():
+        raise InvalidRequest(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidRequest(
+            f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}"
+        )
+    if any(ch in value for ch in "\x00\n\r"):
+        raise InvalidRequest(f"{what} contains control characters: {value!r}")
+
+
+def validate_query(query: RankQuery, limits: RankLimits) -> None:
+    """Raise `InvalidRequest` naming the first problem; a valid query passes untouched."""
+    _check_id(query.user_id, "user_id")
+    n = len(query.candidate_item_ids)
+    if n == 0:
+        raise InvalidRequest("candidate_item_ids is empty: send at least one candidate item id")
+    if n > limits.max_candidates:
+        raise InvalidRequest(
+            f"{n} candidates exceed the limit of {limits.max_candidates}: split the request"
+        )
+    for i, item_id in enumerate(query.candidate_item_ids):
+        _check_id(item_id, f"candidate_item_ids[{i}]")
+    if len(query.recent_item_ids) > limits.max_recent_behaviors:
+        raise InvalidRequest(
+            f"{len(query.recent_item_ids)} recent behaviors exceed the limit of "
+            f"{limits.max_recent_behaviors}: send only the most recent ones"
+        )
+    for i, item_id in enumerate(query.recent_item_ids):
+        _check_id(item_id, f"recent_item_ids[{i}]")
+    if query.deadline_ms is not None and query.deadline_ms < 0:
+        raise InvalidRequest(f"deadline_ms must be >= 0, got {query.deadline_ms}")

@@ -1,0 +1,193 @@
+"""The ranking core: validate, read features, score, and follow the active release.
+
+Both transports call `Ranker.rank`. A request takes a reference to the release that is active when
+it starts and finishes on it, so a switch never mixes a new model with old vectors; the switch
+itself is one reference assignment after the new release has been loaded, checked and warmed up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import numpy as np
+
+from reaseq.core.keys import KeySchema
+from reaseq.core.release import ReleaseCheckError
+from reaseq.service import metrics
+from reaseq.service.backend import ModelBackendError
+from reaseq.service.errors import DeadlineExceeded, NotReady, ReaseqError
+from reaseq.service.query import RankLimits, RankQuery, RankResult, validate_query
+from reaseq.service.releases import (
+    EmbeddedReleaseSource,
+    LoadedRelease,
+    RedisReleaseSource,
+    ReleaseSource,
+    make_redis_client,
+)
+from reaseq.service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+def assemble(
+    release: LoadedRelease,
+    published: np.ndarray,
+    recent: np.ndarray,
+    candidates: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Model inputs for one request: behaviors = published then recent, the last max_behaviors;
+    an empty history becomes one masked zero row (the model needs L >= 1)."""
+    max_len = release.manifest.max_behaviors
+    behaviors = (
+        np.concatenate([published, recent])[-max_len:] if len(recent) else published[-max_len:]
+    )
+    mask = np.ones((1, len(behaviors)), dtype=np.float32)
+    if len(behaviors) == 0:
+        behaviors = np.zeros((1, release.manifest.vector_dim), dtype=np.float32)
+        mask = np.zeros((1, 1), dtype=np.float32)
+    return candidates[None], behaviors[None], mask
+
+
+class Ranker:
+    def __init__(self, source: ReleaseSource, settings: ServiceSettings) -> None:
+        self.source = source
+        self.settings = settings
+        self.limits = RankLimits(settings.max_candidates, settings.max_recent_behaviors)
+        self._active: LoadedRelease | None = None
+        self._refused: set[str] = set()  # releases that failed their checks (not retried)
+        self._poller: asyncio.Task | None = None
+        self._refresh_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, settings: ServiceSettings, follow: bool = True) -> Ranker:
+        """Build from settings, load the active release if there is one, start following it."""
+        if settings.store == "redis":
+            password = (
+                settings.redis_password.get_secret_value() if settings.redis_password else None
+            )
+            client = make_redis_client(settings.redis_url, password, settings.redis_timeout_s)
+            source: ReleaseSource = RedisReleaseSource(client, KeySchema(settings.redis_namespace))
+        else:
+            source = EmbeddedReleaseSource(settings.releases_dir)
+        ranker = cls(source, settings)
+        try:
+            await ranker.refresh()
+        except ReaseqError as err:
+            log.warning("no release loaded at start-up: %s", err.message)
+        if follow:
+            ranker._poller = asyncio.create_task(ranker._follow())
+        return ranker
+
+    async def close(self) -> None:
+        if self._poller:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        if self._active:
+            await self._active.close()
+        await self.source.close()
+
+    # --- release following -------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.release_poll_interval_s)
+            try:
+                await self.refresh()
+            except ReaseqError as err:
+                log.warning("release pointer check failed: %s", err.message)
+            except Exception:  # keep following whatever happens; the old release keeps serving
+                log.exception("release refresh crashed")
+
+    async def refresh(self) -> bool:
+        """Switch to the release the pointer names, if it differs and passes its checks."""
+        async with self._refresh_lock:
+            target = await self.source.active_release()
+            current = self._active.manifest.release if self._active else None
+            if target is None or target == current or target in self._refused:
+                return False
+            started = time.perf_counter()
+            try:
+                candidate = await self.source.load(target, self.settings.onnx_intra_op_threads)
+                await self._warm_up(candidate)
+            except (ReleaseCheckError, ModelBackendError, ValueError) as err:
+                self._refused.add(target)
+                metrics.RELEASES_REFUSED.inc()
+                log.error("refused release %s: %s; still serving %s", target, err, current)
+                return False
+            # requests that started on the previous release hold their own reference to it; its
+            # ONNX session and mmaps are freed when the last of them finishes
+            self._active = candidate
+            metrics.record_switch(*candidate.versions, seconds=time.perf_counter() - started)
+            log.info("switched release %s -> %s", current, target)
+            return True
+
+    async def _warm_up(self, release: LoadedRelease) -> None:
+        dim = release.manifest.vector_dim
+        cand = np.zeros((1, 8, dim), dtype=np.float32)
+        beh = np.zeros((1, 4, dim), dtype=np.float32)
+        scores = await release.model.score(cand, beh, np.ones((1, 4), dtype=np.float32))
+        if scores.shape != (1, 8) or not np.isfinite(scores).all():
+            raise ReleaseCheckError(f"release {release.manifest.release}: warm-up gave bad scores")
+
+    # --- serving -----------------------------------------------------------------------------
+
+    def is_ready(self) -> bool:
+        return self._active is not None
+
+    def active_versions(self) -> tuple[str, str, str] | None:
+        return self._active.versions if self._active else None
+
+    async def check_ready(self) -> None:
+        release = self._active
+        if release is None:
+            raise NotReady("no release is loaded: publish one with `reaseq publish`")
+        await release.features.ping()
+
+    async def rank(self, query: RankQuery) -> RankResult:
+        started = time.perf_counter()
+        validate_query(query, self.limits)
+        release = self._active  # this request finishes on this release, whatever switches later
+        if release is None:
+            raise NotReady("no release is loaded: publish one with `reaseq publish`")
+        deadline = started + query.deadline_ms / 1000 if query.deadline_ms else None
+
+        n_cand = len(query.candidate_item_ids)
+        fetched = await release.features.fetch(
+            query.user_id, query.candidate_item_ids + query.recent_item_ids
+        )
+        t_features = time.perf_counter()
+        if deadline and t_features > deadline:
+            raise DeadlineExceeded(
+                f"deadline of {query.deadline_ms} ms passed while reading features"
+            )
+
+        candidates = fetched.items[:n_cand]
+        cand_found = fetched.items_found[:n_cand]
+        candidates[~cand_found] = release.features.default_item
+        recent_found = fetched.items_found[n_cand:]
+        recent = fetched.items[n_cand:][recent_found]
+        cand, beh, mask = assemble(release, fetched.behaviors, recent, candidates)
+        scores = await release.model.score(cand, beh, mask)
+        t_model = time.perf_counter()
+        if deadline and t_model > deadline:
+            raise DeadlineExceeded(f"deadline of {query.deadline_ms} ms passed while scoring")
+
+        rel, model_version, feature_version = release.versions
+        return RankResult(
+            scores=scores[0].astype(float).tolist(),
+            release=rel,
+            model_version=model_version,
+            feature_version=feature_version,
+            unknown_user=not fetched.user_found,
+            unknown_item_indices=np.flatnonzero(~cand_found).tolist(),
+            unknown_recent_indices=np.flatnonzero(~recent_found).tolist(),
+            timings={
+                "features": t_features - started,
+                "model": t_model - t_features,
+                "total": t_model - started,
+            },
+        )

@@ -1,0 +1,35 @@
+"""Service configuration: one typed settings object, from `REASEQ_*` environment or .env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REASEQ_", env_file=".env", extra="ignore")
+
+    # where releases come from
+    store: Literal["embedded", "redis"] = "embedded"
+    releases_dir: Path = Path("artifacts/releases")  # embedded store: release folders + ACTIVE
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: SecretStr | None = None  # AUTH; also accepted inside redis_url
+    redis_namespace: str = "reaseq"
+    redis_timeout_s: float = Field(0.25, gt=0)  # socket connect/read timeout: fail fast, never hang
+    release_poll_interval_s: float = Field(2.0, gt=0)  # how often the active pointer is checked
+
+    # model backend
+    backend: Literal["local"] = "local"
+    onnx_intra_op_threads: int = Field(1, ge=1)
+
+    # transports
+    host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(50051, ge=0, le=65535)
+
+    # request bounds
+    max_candidates: int = Field(1000, ge=1)
+    max_recent_behaviors: int = Field(100, ge=0)

@@ -1,0 +1,1 @@
+"""Generated stubs of proto/reaseq/v1/ranking.proto; regenerate with `make proto`."""

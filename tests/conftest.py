@@ -1,0 +1,148 @@
+"""Shared fixtures: a real redis-server on a free loopback port, and one small pipeline run on
+synthetic data whose exported release the service tests publish and serve."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A real redis-server process we can stop and restart on the same port (outage tests)."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: apt-get install -y redis-server")
+        self.binary, self.workdir, self.port = binary, workdir, free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--protected-mode",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer):
+    import redis
+
+    if redis_server.proc is None:
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory):
+    """One small, real pipeline run (synthetic data, MiniLM text, a few epochs)."""
+    from reaseq.offline.pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(dataset="synthetic", artifacts_dir=tmp_path_factory.mktemp("artifacts"))
+    cfg.train.epochs = 4
+    cfg.train.ranker.max_behaviors = 20
+    return run_pipeline(cfg, log=lambda _msg: None)
+
+
+@pytest.fixture
+def releases_dir(tmp_path: Path, pipeline_run) -> Path:
+    """An embedded store with the pipeline's release published and active."""
+    from reaseq.offline.publish import EmbeddedPublisher
+
+    target = tmp_path / "releases"
+    EmbeddedPublisher(target).publish(pipeline_run.release_dir)
+    return target
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def service_settings(releases_dir: Path):
+    from reaseq.service.settings import ServiceSettings
+
+    return ServiceSettings(store="embedded", releases_dir=releases_dir, release_poll_interval_s=0.2)
+
+
+@pytest.fixture
+async def ranker(service_settings):
+    from reaseq.service.ranking import Ranker
+
+    opened = await Ranker.open(service_settings)
+    assert opened.is_ready(), "the fixture release did not load"
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def release_ids(releases_dir: Path) -> tuple[str, list[str]]:
+    """(a user with published behaviors, ten known item ids) of the active release."""
+    from reaseq.core.release import ACTIVE_FILE, Snapshot
+
+    snap = Snapshot.open(releases_dir / (releases_dir / ACTIVE_FILE).read_text().strip())
+    lengths = snap.user_offsets[1:] - snap.user_offsets[:-1]
+    return str(snap.user_ids[int(lengths.argmax())]), [str(i) for i in snap.item_ids[:10]]
