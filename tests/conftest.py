@@ -146,3 +146,22 @@ def release_ids(releases_dir: Path) -> tuple[str, list[str]]:
     snap = Snapshot.open(releases_dir / (releases_dir / ACTIVE_FILE).read_text().strip())
     lengths = snap.user_offsets[1:] - snap.user_offsets[:-1]
     return str(snap.user_ids[int(lengths.argmax())]), [str(i) for i in snap.item_ids[:10]]
+
+
+@pytest.fixture(scope="session")
+def second_release(pipeline_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second, different release: the pipeline's model with perturbed weights, exported again."""
+    import torch
+
+    from reaseq.offline.export import export_release
+    from reaseq.offline.pipeline import load_prepared
+    from reaseq.offline.train import CHECKPOINT_FILE, load_checkpoint
+
+    model, _ = load_checkpoint(pipeline_run.work_dir / "models" / "id+text" / CHECKPOINT_FILE)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    data = load_prepared(pipeline_run.work_dir)
+    out = tmp_path_factory.mktemp("exports2")
+    return export_release(model, data, out, "id+text", {}, release="second-release")

@@ -157,7 +157,7 @@ def export_release(
     snapshot_sha = combine_hashes([files[name] for name in SNAPSHOT_FILES])
     manifest = ReleaseManifest(
         release=release,
-        created_at=now.isoformat(timespec="seconds"),
+        created_at=now.isoformat(timespec="microseconds"),
         model_version=f"{data.name}-{features}-{model_sha[:12]}",
         feature_version=f"{data.name}-{snapshot_sha[:12]}",
         vector_dim=dim,

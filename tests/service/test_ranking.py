@@ -1,0 +1,204 @@
+"""The ranking core over real stores: scores match an offline recomputation from the release's
+files, unknown ids are flagged, Redis outages fail fast and recover, releases switch live (under
+load, never mixed) and bad releases are refused while the old one keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from reaseq.core import contract
+from reaseq.core.keys import KeySchema
+from reaseq.core.release import ACTIVE_FILE, MODEL_FILE, Snapshot, read_manifest, write_atomic
+from reaseq.offline.publish import EmbeddedPublisher, RedisPublisher
+from reaseq.service import metrics
+from reaseq.service.errors import FeatureStoreUnavailable, InvalidRequest
+from reaseq.service.query import RankQuery
+from reaseq.service.ranking import Ranker
+from reaseq.service.settings import ServiceSettings
+
+pytestmark = pytest.mark.anyio
+
+
+def offline_scores(release_dir: Path, user_id: str, candidates: list[str], recent=()) -> np.ndarray:
+    """Recompute a response from the release's own files, without any service code."""
+    snap = Snapshot.open(release_dir)
+    manifest = read_manifest(release_dir)
+    rows = {item: row for row, item in enumerate(snap.item_ids.tolist())}
+    users = snap.user_ids.tolist()
+    published = (
+        snap.behaviors_of(users.index(user_id)) if user_id in users else np.zeros((0, snap.dim))
+    )
+    recent_vecs = [snap.item_vectors[rows[i]] for i in recent if i in rows]
+    beh = np.concatenate([published, np.array(recent_vecs).reshape(-1, snap.dim)])
+    beh = beh[-manifest.max_behaviors :].astype(np.float32)
+    mask = np.ones((1, len(beh)), np.float32)
+    if len(beh) == 0:
+        beh, mask = np.zeros((1, snap.dim), np.float32), np.zeros((1, 1), np.float32)
+    cand = np.stack(
+        [snap.item_vectors[rows[i]] if i in rows else snap.default_item_vector for i in candidates]
+    ).astype(np.float32)
+    session = ort.InferenceSession((release_dir / MODEL_FILE).read_bytes())
+    feeds = {
+        contract.CANDIDATES: cand[None],
+        contract.BEHAVIORS: beh[None],
+        contract.BEHAVIOR_MASK: mask,
+    }
+    return session.run([contract.SCORES], feeds)[0][0]
+
+
+async def test_scores_match_offline_recomputation(
+    ranker: Ranker, releases_dir, release_ids
+) -> None:
+    user, items = release_ids
+    query = RankQuery(user, [*items[::-1], "no-such-item"], recent_item_ids=[items[0], "nope"])
+    result = await ranker.rank(query)
+    release_dir = releases_dir / result.release
+    expected = offline_scores(release_dir, user, query.candidate_item_ids, query.recent_item_ids)
+    np.testing.assert_allclose(result.scores, expected, atol=1e-6)
+    assert result.unknown_item_indices == [len(items)]
+    assert result.unknown_recent_indices == [1]
+    assert not result.unknown_user
+    assert set(result.timings) == {"features", "model", "total"}
+
+
+async def test_unknown_user_is_flagged_and_scored_without_history(
+    ranker, releases_dir, release_ids
+):
+    _, items = release_ids
+    result = await ranker.rank(RankQuery("someone-new", items[:3]))
+    assert result.unknown_user
+    expected = offline_scores(releases_dir / result.release, "someone-new", items[:3])
+    np.testing.assert_allclose(result.scores, expected, atol=1e-6)
+
+
+async def test_bad_input_is_rejected_before_any_read(ranker) -> None:
+    with pytest.raises(InvalidRequest, match="empty"):
+        await ranker.rank(RankQuery("u", []))
+    with pytest.raises(InvalidRequest, match="limit"):
+        await ranker.rank(RankQuery("u", ["i"] * (ranker.limits.max_candidates + 1)))
+
+
+@pytest.fixture
+async def redis_ranker(redis_client, redis_server, pipeline_run):
+    RedisPublisher(redis_client, KeySchema("svc")).publish(pipeline_run.release_dir)
+    settings = ServiceSettings(
+        store="redis",
+        redis_url=redis_server.url,
+        redis_namespace="svc",
+        release_poll_interval_s=0.2,
+        redis_timeout_s=0.25,
+    )
+    opened = await Ranker.open(settings)
+    assert opened.is_ready()
+    yield opened
+    await opened.close()
+
+
+async def test_redis_and_embedded_stores_give_identical_scores(
+    redis_ranker: Ranker, ranker: Ranker, release_ids
+) -> None:
+    user, items = release_ids
+    query = RankQuery(user, items, recent_item_ids=items[:2])
+    from_redis, embedded = await redis_ranker.rank(query), await ranker.rank(query)
+    assert from_redis.release == embedded.release
+    assert from_redis.scores == embedded.scores
+
+
+async def test_redis_outage_fails_fast_and_recovers_without_restart(
+    redis_ranker: Ranker, redis_server, release_ids, pipeline_run
+) -> None:
+    user, items = release_ids
+    query = RankQuery(user, items)
+    before = await redis_ranker.rank(query)
+    redis_server.stop()
+    try:
+        started = time.perf_counter()
+        with pytest.raises(FeatureStoreUnavailable, match="Redis"):
+            await redis_ranker.rank(query)
+        assert time.perf_counter() - started < 2.0
+        with pytest.raises(FeatureStoreUnavailable):
+            await redis_ranker.check_ready()
+    finally:
+        redis_server.start()  # a fresh, empty server on the same port: republish
+    import redis
+
+    RedisPublisher(redis.Redis.from_url(redis_server.url), KeySchema("svc")).publish(
+        pipeline_run.release_dir
+    )
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            after = await redis_ranker.rank(query)
+            break
+        except FeatureStoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+    assert after.scores == before.scores
+
+
+async def test_live_switch_under_load_never_mixes_releases(
+    ranker: Ranker, releases_dir: Path, second_release: Path, release_ids
+) -> None:
+    user, items = release_ids
+    first = ranker.active_versions()[0]
+    query = RankQuery(user, items, recent_item_ids=items[:2])
+    results, errors = [], []
+
+    async def client() -> None:
+        for _ in range(60):
+            try:
+                results.append(await ranker.rank(query))
+            except Exception as err:
+                errors.append(err)
+            await asyncio.sleep(0.005)
+
+    async def switch() -> None:
+        await asyncio.sleep(0.1)
+        EmbeddedPublisher(releases_dir).publish(second_release)
+
+    await asyncio.gather(*(client() for _ in range(4)), switch())
+    assert errors == []
+    seen = {r.release for r in results}
+    assert seen == {first, "second-release"}, seen
+    expected = {rel: offline_scores(releases_dir / rel, user, items, items[:2]) for rel in seen}
+    for result in results:
+        np.testing.assert_allclose(result.scores, expected[result.release], atol=1e-6)
+        manifest = read_manifest(releases_dir / result.release)
+        assert (result.model_version, result.feature_version) == (
+            manifest.model_version,
+            manifest.feature_version,
+        )
+    assert not np.allclose(expected[first], expected["second-release"])
+
+
+async def test_corrupt_release_is_refused_and_old_one_keeps_serving(
+    ranker: Ranker, releases_dir: Path, second_release: Path, release_ids
+) -> None:
+    user, items = release_ids
+    first = ranker.active_versions()[0]
+    bad = releases_dir / "corrupt-release"
+    shutil.copytree(second_release, bad)
+    manifest = read_manifest(bad)
+    (bad / "manifest.json").write_text(
+        manifest.model_copy(
+            update={"release": "corrupt-release", "vector_dim": manifest.vector_dim + 1}
+        ).model_dump_json()
+    )
+    refused_before = metrics.RELEASES_REFUSED._value.get()
+    write_atomic(releases_dir / ACTIVE_FILE, b"corrupt-release")
+    assert await ranker.refresh() is False
+    assert metrics.RELEASES_REFUSED._value.get() == refused_before + 1
+    result = await ranker.rank(RankQuery(user, items))
+    assert result.release == first
+    # once a good release is named again, the service follows it
+    EmbeddedPublisher(releases_dir).publish(second_release)
+    assert await ranker.refresh() is True
+    assert (await ranker.rank(RankQuery(user, items))).release == "second-release"
