@@ -233,6 +233,45 @@ def bench(
     console.print_json(json.dumps(stats))
 
 
+@app.command("bench-switch")
+def bench_switch_cmd(
+    to: Annotated[str | None, typer.Option(help="release to switch to (default: rollback)")] = None,
+    target: Annotated[str, typer.Option(help="gRPC host:port")] = "127.0.0.1:50051",
+    duration: Annotated[float, typer.Option(help="seconds of load")] = 20.0,
+    switch_at: Annotated[float, typer.Option(help="seconds into the load")] = 10.0,
+    candidates: Annotated[int, typer.Option()] = 200,
+    recent: Annotated[int, typer.Option()] = 100,
+    concurrency: Annotated[int, typer.Option()] = 8,
+    store: StoreOpt = None,
+    releases_dir: ReleasesDirOpt = None,
+    redis_url: RedisUrlOpt = None,
+) -> None:
+    """p50/p99 of gRPC Rank in steady state vs while the service switches release under load."""
+    from reaseq.offline.publish import rollback_target
+    from reaseq.service.bench import bench_switch
+
+    settings = _settings(store, releases_dir, redis_url)
+    publisher = _publisher(settings)
+    user_ids, item_ids = _release_ids(settings)
+    if to is None:
+        available = {m.release for m in publisher.complete()}
+        to = rollback_target(publisher.history(), publisher.active(), available)
+    stats = asyncio.run(
+        bench_switch(
+            target,
+            user_ids,
+            item_ids,
+            lambda: publisher.activate(to),
+            duration_s=duration,
+            switch_at_s=switch_at,
+            n_candidates=candidates,
+            n_recent=recent,
+            concurrency=concurrency,
+        )
+    )
+    console.print_json(json.dumps(stats))
+
+
 def _release_ids(settings: ServiceSettings) -> tuple[list[str], list[str]]:
     from reaseq.core.release import Snapshot
 

@@ -28,6 +28,19 @@ class KeySchema:
     def publish_lock(self) -> str:
         return f"{self.namespace}:publish-lock"
 
+    def in_use(self, instance: str) -> str:
+        """String key with a TTL: the release a running service instance holds (GC skips it)."""
+        return f"{self.namespace}:in-use:{instance}"
+
+    @property
+    def in_use_pattern(self) -> str:
+        return f"{self.namespace}:in-use:*"
+
+    @property
+    def history(self) -> str:
+        """List: activated release ids, newest last (rollback reads it)."""
+        return f"{self.namespace}:history"
+
     def prefix(self, release: str) -> str:
         return f"{self.namespace}:{release}:"
 

@@ -26,6 +26,8 @@ MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 FEATURES_DIR = "features"
 ACTIVE_FILE = "ACTIVE"
+IN_USE_DIR = ".in-use"  # one file per running service instance naming the release it holds
+IN_USE_TTL_S = 60  # a marker older than this is stale (its service died); GC may ignore it
 RELEASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 # snapshot files, relative to the release folder
@@ -100,6 +102,32 @@ def write_atomic(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def mark_in_use(releases_dir: Path, instance: str, release: str) -> None:
+    """Embedded store: tell publishers' GC that this instance still serves `release`."""
+    folder = releases_dir / IN_USE_DIR
+    folder.mkdir(exist_ok=True)
+    write_atomic(folder / instance, release.encode())
+
+
+def clear_in_use(releases_dir: Path, instance: str) -> None:
+    (releases_dir / IN_USE_DIR / instance).unlink(missing_ok=True)
+
+
+def releases_in_use(releases_dir: Path, now: float | None = None) -> set[str]:
+    """Releases named by fresh in-use markers (a dead service's marker expires)."""
+    import time
+
+    now = time.time() if now is None else now
+    found = set()
+    for marker in (releases_dir / IN_USE_DIR).glob("*"):
+        try:
+            if now - marker.stat().st_mtime < IN_USE_TTL_S:
+                found.add(marker.read_text().strip())
+        except FileNotFoundError:
+            continue
+    return found
 
 
 def read_manifest(release_dir: Path) -> ReleaseManifest:

@@ -14,15 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
+from reaseq.offline.baselines import all_baselines
 from reaseq.offline.datasets import load_dataset
 from reaseq.offline.export import export_release
 from reaseq.offline.prepare import PrepareConfig, Prepared, prepare
-from reaseq.offline.text_reps import REPS_FILE, TextRepConfig, build_text_representation
+from reaseq.offline.text_reps import (
+    EMBED_CACHE,
+    REPS_FILE,
+    TextRepConfig,
+    build_text_representation,
+)
 from reaseq.offline.train import (
     CHECKPOINT_FILE,
     FEATURE_SETS,
     TrainConfig,
-    popularity_baseline,
     save_checkpoint,
     train_ranker,
 )
@@ -132,7 +137,7 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print, export: bool = True) -> 
             }
             for f, r in results.items()
         },
-        "baselines": {"popularity": popularity_baseline(data)},
+        "baselines": all_baselines(data, _text_embeddings(work)),
         "config": _jsonable(asdict(cfg)),
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
@@ -173,6 +178,11 @@ def render_report(report: dict) -> str:
 
 def load_representations(work: Path) -> np.ndarray | None:
     path = work / "reps" / REPS_FILE
+    return np.load(path) if path.exists() else None
+
+
+def _text_embeddings(work: Path) -> np.ndarray | None:
+    path = work / "reps" / EMBED_CACHE
     return np.load(path) if path.exists() else None
 
 

@@ -36,6 +36,7 @@ from reaseq.core.release import (
     Snapshot,
     check_release_id,
     read_manifest,
+    releases_in_use,
     verify_release_files,
     write_atomic,
 )
@@ -108,10 +109,14 @@ class EmbeddedPublisher:
         path = self.dir / HISTORY_FILE
         return path.read_text().split() if path.exists() else []
 
+    def in_use(self) -> set[str]:
+        return releases_in_use(self.dir)
+
     def gc(self, keep: int) -> list[str]:
-        active = self.active()
+        """Remove all but the newest `keep` releases; never the active one or one in use."""
+        protected = {self.active(), *self.in_use()}
         complete = [m.release for m in self.complete()]
-        removable = [r for r in complete[: max(len(complete) - keep, 0)] if r != active]
+        removable = [r for r in complete[: max(len(complete) - keep, 0)] if r not in protected]
         for release in removable:
             shutil.rmtree(self.dir / release)
         return removable
@@ -209,16 +214,22 @@ class RedisPublisher:
             raise ReleaseCheckError(f"release {release} is not a complete release in Redis")
         pipe = self.client.pipeline(transaction=True)
         pipe.set(self.keys.active, release)
-        pipe.rpush(f"{self.keys.namespace}:history", release)
+        pipe.rpush(self.keys.history, release)
         pipe.execute()
 
     def history(self) -> list[str]:
-        return [r.decode() for r in self.client.lrange(f"{self.keys.namespace}:history", 0, -1)]
+        return [r.decode() for r in self.client.lrange(self.keys.history, 0, -1)]
+
+    def in_use(self) -> set[str]:
+        """Releases held by running service instances (markers with a TTL)."""
+        names = list(self.client.scan_iter(match=self.keys.in_use_pattern, count=1000))
+        return {v.decode() for v in self.client.mget(names) if v} if names else set()
 
     def gc(self, keep: int) -> list[str]:
-        active = self.active()
+        """Remove all but the newest `keep` releases; never the active one or one in use."""
+        protected = {self.active(), *self.in_use()}
         complete = [r.decode() for r in self.client.zrange(self.keys.releases, 0, -1)]
-        removable = [r for r in complete[: max(len(complete) - keep, 0)] if r != active]
+        removable = [r for r in complete[: max(len(complete) - keep, 0)] if r not in protected]
         for release in removable:
             self.client.zrem(self.keys.releases, release)  # first: no longer complete
             self.delete_release_keys(release)

@@ -54,11 +54,20 @@ def _tensors(
     return samples, cand, torch.from_numpy(hist)
 
 
+def trim(hist: torch.Tensor, pad: int) -> torch.Tensor:
+    """Drop leading columns that are padding in every row (histories are right-aligned): most
+    users have far fewer behaviors than max_behaviors, and attention cost is linear in L."""
+    valid = (hist != pad).any(dim=0).nonzero()
+    first = int(valid[0]) if len(valid) else hist.shape[1] - 1
+    return hist[:, first:]
+
+
 @torch.no_grad()
 def predict(model: Ranker, cand: torch.Tensor, hist: torch.Tensor, batch: int) -> np.ndarray:
     model.eval()
+    pad = model.cfg.n_items
     out = [
-        model(cand[i : i + batch, None], hist[i : i + batch])["y_pred"][:, 0]
+        model(cand[i : i + batch, None], trim(hist[i : i + batch], pad))["y_pred"][:, 0]
         for i in range(0, len(cand), batch)
     ]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
@@ -101,7 +110,7 @@ def train_ranker(
         total = 0.0
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            logits = model(train_c[idx, None], train_h[idx])["logits"][:, 0]
+            logits = model(train_c[idx, None], trim(train_h[idx], rcfg.n_items))["logits"][:, 0]
             loss = loss_fn(logits, train_y[idx])
             optim.zero_grad()
             loss.backward()
@@ -134,16 +143,6 @@ def train_ranker(
             predict(model, c, h, cfg.eval_batch_size),
         )
     return TrainResult(model, metrics, history, best_epoch, time.perf_counter() - start)
-
-
-def popularity_baseline(data: Prepared) -> dict[str, float]:
-    """Non-learned reference: score = the candidate's positive count in train samples."""
-    train = data.samples[(data.samples["split"] == "train") & (data.samples["label"] > 0.5)]
-    counts = np.bincount(train["item_row"].to_numpy(), minlength=data.n_items).astype(np.float64)
-    test = data.samples[data.samples["split"] == "test"]
-    score = counts[test["item_row"].to_numpy()]
-    score = (score + 1) / (score.max() + 2)  # in (0, 1): LogLoss is defined, ranking unchanged
-    return ctr_metrics(test["user_row"].to_numpy(), test["label"].to_numpy(), score)
 
 
 def save_checkpoint(result: TrainResult, cfg: TrainConfig, path: Path) -> None:

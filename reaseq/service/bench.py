@@ -3,18 +3,15 @@
 Pure client code (stubs + grpc/httpx only), so it measures what a caller sees and can run from
 any machine. Each request scores `n_candidates` items against `n_recent` real-time behaviors.
 
-    python -m reaseq.service.bench --transport grpc --target 127.0.0.1:50051 \\
-        --users users.txt --items items.txt
+    reaseq bench --transport grpc --target 127.0.0.1:50051
+    reaseq bench-switch --target 127.0.0.1:50051      # p99 while a release switches
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import random
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from time import perf_counter
 from typing import Any
 
@@ -178,41 +175,77 @@ def format_report(report: dict[str, Any]) -> str:
     )
 
 
-def _read_ids(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+async def bench_switch(
+    target: str,
+    user_ids: list[str],
+    item_ids: list[str],
+    switch: Callable[[], None],
+    duration_s: float = 20.0,
+    switch_at_s: float = 10.0,
+    n_candidates: int = 200,
+    n_recent: int = 100,
+    concurrency: int = 8,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Closed-loop gRPC load; `switch()` (e.g. activating another release) runs at switch_at_s.
 
+    Reports latency before the switch (steady state) and in the switch window: from the switch
+    until one second after the first response that names the new release.
+    """
+    bodies = _make_requests(user_ids, item_ids, n_candidates, n_recent, 512, seed)
+    records: list[tuple[float, float, str | None]] = []  # (start, latency, release or None)
+    errors: list[str] = []
+    t0 = perf_counter()
+    switched_at: list[float] = []
 
-def main(argv: list[str] | None = None) -> None:
-    """CLI: prints the human line, then the report as JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--transport", choices=("grpc", "http"), default="grpc")
-    parser.add_argument("--target", default=None, help="host:port (grpc) or base URL (http)")
-    parser.add_argument("--users", type=Path, required=True, help="file with one user id a line")
-    parser.add_argument("--items", type=Path, required=True, help="file with one item id a line")
-    parser.add_argument("--candidates", type=int, default=200)
-    parser.add_argument("--recent", type=int, default=100)
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    kwargs: dict[str, Any] = {
-        "user_ids": _read_ids(args.users),
-        "item_ids": _read_ids(args.items),
-        "n_candidates": args.candidates,
-        "n_recent": args.recent,
-        "requests": args.requests,
-        "concurrency": args.concurrency,
-        "warmup": args.warmup,
-        "seed": args.seed,
-        "print_report": True,
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = ranking_pb2_grpc.RankingServiceStub(channel)
+
+        async def worker(offset: int) -> None:
+            k = offset
+            while perf_counter() - t0 < duration_s:
+                body = bodies[k % len(bodies)]
+                k += concurrency
+                start = perf_counter()
+                try:
+                    reply = await stub.Rank(ranking_pb2.RankRequest(**body), timeout=CALL_TIMEOUT_S)
+                    records.append((start - t0, perf_counter() - start, reply.release))
+                except grpc.aio.AioRpcError as exc:
+                    errors.append(f"{exc.code().name}: {exc.details()}"[:200])
+                    records.append((start - t0, perf_counter() - start, None))
+
+        async def switcher() -> None:
+            await asyncio.sleep(switch_at_s)
+            switched_at.append(perf_counter() - t0)
+            await asyncio.to_thread(switch)
+
+        await asyncio.gather(*(worker(i) for i in range(concurrency)), switcher())
+
+    t_switch = switched_at[0]
+    before = {r for s, _, r in records if s < t_switch and r}
+    new = [s + lat for s, lat, r in records if r and r not in before]
+    visible = min(new) if new else float("nan")
+    window_end = (visible if new else t_switch) + 1.0
+
+    def summary(rows: list[tuple[float, float, str | None]]) -> dict[str, float]:
+        ms = sorted(lat * 1000 for _, lat, _ in rows)
+        return {"n": len(ms), "p50_ms": _percentile(ms, 50), "p99_ms": _percentile(ms, 99)}
+
+    steady = summary([r for r in records if 1.0 <= r[0] < t_switch])
+    window = summary([r for r in records if t_switch <= r[0] < window_end])
+    after = summary([r for r in records if r[0] >= window_end])
+    return {
+        "transport": "grpc",
+        "target": target,
+        "concurrency": concurrency,
+        "n_candidates": n_candidates,
+        "n_recent": n_recent,
+        "releases_seen": sorted({r for _, _, r in records if r}),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "switch_visible_after_s": visible - t_switch,
+        "steady": steady,
+        "switch_window": window,
+        "after": after,
+        "p99_ratio_window_vs_steady": window["p99_ms"] / steady["p99_ms"],
     }
-    if args.transport == "grpc":
-        report = asyncio.run(bench_grpc(args.target or "127.0.0.1:50051", **kwargs))
-    else:
-        report = asyncio.run(bench_http(args.target or "http://127.0.0.1:8000", **kwargs))
-    print(json.dumps(report, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -77,6 +77,10 @@ RELEASE_SWITCH_SECONDS = Histogram(
     "Time to load, check and warm up a release before switching to it.",
     buckets=SWITCH_BUCKETS,
 )
+RELEASE_LAST_SWITCH = Gauge(
+    "reaseq_release_last_switch_timestamp_seconds",
+    "Unix time of the last release switch (time since = time() - this).",
+)
 RELEASES_REFUSED = Counter(
     "reaseq_releases_refused", "Published releases refused because they failed their checks."
 )
@@ -137,6 +141,7 @@ def record_switch(
 ) -> None:
     """The ranker switched releases: count it, time it, and repoint the active-release gauge."""
     RELEASE_SWITCHES.inc()
+    RELEASE_LAST_SWITCH.set_to_current_time()
     if seconds is not None:
         RELEASE_SWITCH_SECONDS.observe(seconds)
     set_active_release(release, model_version, feature_version)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
+import uuid
 
 import numpy as np
 
@@ -60,6 +63,7 @@ class Ranker:
         self._refused: set[str] = set()  # releases that failed their checks (not retried)
         self._poller: asyncio.Task | None = None
         self._refresh_lock = asyncio.Lock()
+        self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
     @classmethod
     async def open(cls, settings: ServiceSettings, follow: bool = True) -> Ranker:
@@ -86,6 +90,8 @@ class Ranker:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        with contextlib.suppress(ReaseqError):
+            await self.source.clear_in_use(self.instance)
         if self._active:
             await self._active.close()
         await self.source.close()
@@ -97,6 +103,8 @@ class Ranker:
             await asyncio.sleep(self.settings.release_poll_interval_s)
             try:
                 await self.refresh()
+                if self._active is not None:
+                    await self.source.mark_in_use(self.instance, self._active.manifest.release)
             except ReaseqError as err:
                 log.warning("release pointer check failed: %s", err.message)
             except Exception:  # keep following whatever happens; the old release keeps serving
@@ -118,6 +126,8 @@ class Ranker:
                 metrics.RELEASES_REFUSED.inc()
                 log.error("refused release %s: %s; still serving %s", target, err, current)
                 return False
+            # mark first, so no publisher's GC removes what we are about to serve
+            await self.source.mark_in_use(self.instance, target)
             # requests that started on the previous release hold their own reference to it; its
             # ONNX session and mmaps are freed when the last of them finishes
             self._active = candidate

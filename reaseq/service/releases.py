@@ -6,6 +6,7 @@ A loaded release is a model backend and a feature view that were checked against
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,13 @@ from reaseq.core.codec import VECTOR_DTYPE
 from reaseq.core.keys import KeySchema
 from reaseq.core.release import (
     ACTIVE_FILE,
+    IN_USE_TTL_S,
     MODEL_FILE,
     ReleaseCheckError,
     ReleaseManifest,
     Snapshot,
+    clear_in_use,
+    mark_in_use,
     read_manifest,
     sha256_bytes,
     verify_release_files,
@@ -67,6 +71,13 @@ class ReleaseSource(ABC):
     async def load(self, release: str, intra_op_threads: int = 1) -> LoadedRelease:
         """Load and check a release; raise ReleaseCheckError if it must not be served."""
 
+    @abstractmethod
+    async def mark_in_use(self, instance: str, release: str) -> None:
+        """Tell publishers' GC that this instance still serves `release` (refreshed by polling)."""
+
+    @abstractmethod
+    async def clear_in_use(self, instance: str) -> None: ...
+
     async def close(self) -> None:
         """Close connections."""
 
@@ -85,6 +96,12 @@ class EmbeddedReleaseSource(ReleaseSource):
         except FileNotFoundError:
             return None
         return text.strip() or None
+
+    async def mark_in_use(self, instance: str, release: str) -> None:
+        await anyio.to_thread.run_sync(mark_in_use, self.releases_dir, instance, release)
+
+    async def clear_in_use(self, instance: str) -> None:
+        await anyio.to_thread.run_sync(clear_in_use, self.releases_dir, instance)
 
     def _load_sync(self, release: str, intra_op_threads: int) -> LoadedRelease:
         folder = self.releases_dir / release
@@ -116,6 +133,16 @@ class RedisReleaseSource(ReleaseSource):
         except (RedisError, OSError, TimeoutError) as err:
             raise FeatureStoreUnavailable(f"cannot read the active release pointer: {err}") from err
         return value.decode() if value else None
+
+    async def mark_in_use(self, instance: str, release: str) -> None:
+        try:
+            await self.client.set(self.keys.in_use(instance), release, ex=IN_USE_TTL_S)
+        except (RedisError, OSError, TimeoutError) as err:
+            raise FeatureStoreUnavailable(f"cannot write the in-use marker: {err}") from err
+
+    async def clear_in_use(self, instance: str) -> None:
+        with contextlib.suppress(RedisError, OSError, TimeoutError):  # else it expires by itself
+            await self.client.delete(self.keys.in_use(instance))
 
     async def load(self, release: str, intra_op_threads: int = 1) -> LoadedRelease:
         try:

@@ -144,39 +144,68 @@ async def test_redis_outage_fails_fast_and_recovers_without_restart(
     assert after.scores == before.scores
 
 
+@pytest.mark.parametrize("store", ["embedded", "redis"])
 async def test_live_switch_under_load_never_mixes_releases(
-    ranker: Ranker, releases_dir: Path, second_release: Path, release_ids
+    store,
+    releases_dir: Path,
+    pipeline_run,
+    second_release: Path,
+    release_ids,
+    redis_client,
+    redis_server,
 ) -> None:
+    if store == "redis":
+        publisher = RedisPublisher(redis_client, KeySchema("switch"))
+        publisher.publish(pipeline_run.release_dir)
+    else:
+        publisher = EmbeddedPublisher(releases_dir)
+    settings = ServiceSettings(
+        store=store,
+        releases_dir=releases_dir,
+        redis_url=redis_server.url,
+        redis_namespace="switch",
+        release_poll_interval_s=0.05,
+    )
+    ranker = await Ranker.open(settings)
     user, items = release_ids
     first = ranker.active_versions()[0]
     query = RankQuery(user, items, recent_item_ids=items[:2])
-    results, errors = [], []
+    results, errors, spans = [], [], []
 
     async def client() -> None:
-        for _ in range(60):
+        for _ in range(80):
+            started = time.perf_counter()
             try:
                 results.append(await ranker.rank(query))
+                spans.append((started, time.perf_counter(), results[-1].release))
             except Exception as err:
                 errors.append(err)
             await asyncio.sleep(0.005)
 
     async def switch() -> None:
         await asyncio.sleep(0.1)
-        EmbeddedPublisher(releases_dir).publish(second_release)
+        await asyncio.to_thread(publisher.publish, second_release)
 
-    await asyncio.gather(*(client() for _ in range(4)), switch())
+    try:
+        await asyncio.gather(*(client() for _ in range(4)), switch())
+    finally:
+        await ranker.close()
     assert errors == []
     seen = {r.release for r in results}
     assert seen == {first, "second-release"}, seen
-    expected = {rel: offline_scores(releases_dir / rel, user, items, items[:2]) for rel in seen}
+    dirs = {first: pipeline_run.release_dir, "second-release": second_release}
+    expected = {rel: offline_scores(dirs[rel], user, items, items[:2]) for rel in seen}
     for result in results:
         np.testing.assert_allclose(result.scores, expected[result.release], atol=1e-6)
-        manifest = read_manifest(releases_dir / result.release)
+        manifest = read_manifest(dirs[result.release])
         assert (result.model_version, result.feature_version) == (
             manifest.model_version,
             manifest.feature_version,
         )
     assert not np.allclose(expected[first], expected["second-release"])
+    # once a response came from the new release, no request started later used the old one
+    first_new = min(end for _, end, rel in spans if rel == "second-release")
+    assert all(rel == "second-release" for start, _, rel in spans if start > first_new)
 
 
 async def test_corrupt_release_is_refused_and_old_one_keeps_serving(
@@ -202,3 +231,14 @@ async def test_corrupt_release_is_refused_and_old_one_keeps_serving(
     EmbeddedPublisher(releases_dir).publish(second_release)
     assert await ranker.refresh() is True
     assert (await ranker.rank(RankQuery(user, items))).release == "second-release"
+
+
+async def test_gc_never_removes_the_release_a_service_holds(
+    ranker: Ranker, releases_dir: Path, second_release: Path
+) -> None:
+    first = ranker.active_versions()[0]
+    publisher = EmbeddedPublisher(releases_dir)
+    publisher.publish(second_release, activate=True, keep=1)  # the ranker has not switched yet
+    assert (releases_dir / first).is_dir(), "GC removed the release a running service holds"
+    assert await ranker.refresh() is True
+    assert publisher.gc(keep=1) == [first]  # now nobody holds it
