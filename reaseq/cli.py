@@ -58,32 +58,39 @@ def pipeline(
     dataset: Annotated[
         str, typer.Argument(help="synthetic | scientific | office | ml-100k | PATH")
     ],
-    features: Annotated[list[str], typer.Option(help="feature sets to train")] = ["id", "id+text"],  # noqa: B006
+    features: Annotated[
+        list[str] | None, typer.Option(help="feature sets to train [default: id, id+text]")
+    ] = None,
     export_features: Annotated[
-        str, typer.Option(help="feature set exported as release")
-    ] = "id+text",
-    artifacts: Annotated[Path, typer.Option(help="artifacts folder")] = Path("artifacts"),
-    epochs: Annotated[int, typer.Option(help="max epochs (early stopping on validation)")] = 20,
-    max_behaviors: Annotated[int, typer.Option(help="behaviors per sample")] = 100,
-    attention: Annotated[str, typer.Option(help="dot | din")] = "dot",
+        str | None, typer.Option(help="feature set exported as release [default: id+text]")
+    ] = None,
+    artifacts: Annotated[Path | None, typer.Option(help="artifacts folder [artifacts]")] = None,
+    epochs: Annotated[int | None, typer.Option(help="max epochs (early stop on val) [20]")] = None,
+    max_behaviors: Annotated[int | None, typer.Option(help="behaviors per sample [100]")] = None,
+    attention: Annotated[str | None, typer.Option(help="dot | din [dot]")] = None,
     publish: Annotated[bool, typer.Option(help="publish the exported release")] = True,
     store: StoreOpt = None,
     releases_dir: ReleasesDirOpt = None,
     redis_url: RedisUrlOpt = None,
     keep: KeepOpt = 3,
+    config: Annotated[Path | None, typer.Option(help="TOML file; options given here win")] = None,
 ) -> None:
     """Prepare, encode, train each feature set, report AUC/GAUC/LogLoss, export and publish."""
-    from reaseq.offline.pipeline import PipelineConfig, run_pipeline
+    from reaseq.offline.pipeline import PipelineConfig, load_pipeline_config, run_pipeline
 
-    cfg = PipelineConfig(
-        dataset=dataset,
-        artifacts_dir=artifacts,
-        features=tuple(features),
-        export_features=export_features,
-    )
-    cfg.train.epochs = epochs
-    cfg.train.ranker.max_behaviors = max_behaviors
-    cfg.train.ranker.attention = attention  # type: ignore[assignment]
+    cfg = load_pipeline_config(config) if config else PipelineConfig()
+    cfg.dataset = dataset
+    overrides = {
+        (cfg, "features"): tuple(features) if features else None,
+        (cfg, "export_features"): export_features,
+        (cfg, "artifacts_dir"): artifacts,
+        (cfg.train, "epochs"): epochs,
+        (cfg.train.ranker, "max_behaviors"): max_behaviors,
+        (cfg.train.ranker, "attention"): attention,
+    }
+    for (target, name), value in overrides.items():
+        if value is not None:
+            setattr(target, name, value)
     with console.status(f"pipeline on {dataset}"):
         result = run_pipeline(cfg, log=console.log)
     console.print((result.work_dir / "report.md").read_text())
@@ -183,12 +190,6 @@ def demo(
     """The whole path on a small synthetic sample: train, export, publish, serve."""
     pipeline(
         "synthetic",
-        features=["id", "id+text"],
-        export_features="id+text",
-        artifacts=Path("artifacts"),
-        epochs=20,
-        max_behaviors=100,
-        attention="dot",
         publish=True,
         store=store,
         releases_dir=releases_dir,

@@ -53,6 +53,8 @@ class RedisServer:
                 str(self.workdir),
                 "--protected-mode",
                 "no",
+                "--enable-debug-command",  # DEBUG SLEEP: a real stalled server for deadline tests
+                "local",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

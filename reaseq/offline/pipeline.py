@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import os
 import time
+import tomllib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,31 @@ class PipelineConfig:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     text: TextRepConfig = field(default_factory=TextRepConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def apply_overrides(target: object, values: dict, where: str = "config") -> None:
+    """Set dataclass fields from a (nested) dict; unknown keys are an error, not ignored."""
+    known = {f.name: f for f in fields(target)}  # type: ignore[arg-type]
+    for key, value in values.items():
+        if key not in known:
+            raise ValueError(f"{where}: unknown key {key!r}; known: {', '.join(sorted(known))}")
+        current = getattr(target, key)
+        if is_dataclass(current) and isinstance(value, dict):
+            apply_overrides(current, value, f"{where}.{key}")
+        else:
+            setattr(target, key, tuple(value) if isinstance(current, tuple) else value)
+
+
+def load_pipeline_config(path: Path, cfg: PipelineConfig | None = None) -> PipelineConfig:
+    """A TOML file with the PipelineConfig fields: top-level keys and [prepare], [text], [train],
+    [train.ranker] tables (see configs/pipeline.example.toml)."""
+    cfg = cfg or PipelineConfig()
+    with path.open("rb") as fh:
+        values = tomllib.load(fh)
+    if "artifacts_dir" in values:
+        values["artifacts_dir"] = Path(values["artifacts_dir"])
+    apply_overrides(cfg, values, str(path))
+    return cfg
 
 
 @dataclass

@@ -34,7 +34,7 @@ class RankRequestBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: str = Field(description="User to rank for; unknown users get the default vector.")
+    user_id: str = Field(description="User to rank for; unknown users have no published history.")
     candidate_item_ids: list[str] = Field(description="Items to score, 1..max_candidates.")
     recent_item_ids: list[str] = Field(
         default_factory=list, description="Real-time behaviors not yet published, oldest first."

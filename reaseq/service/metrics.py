@@ -60,9 +60,7 @@ BATCH_SIZE = Histogram(
 UNKNOWN_ITEMS = Counter(
     "reaseq_unknown_items", "Candidates without features, scored with the default item vector."
 )
-UNKNOWN_USERS = Counter(
-    "reaseq_unknown_users", "Requests whose user had no features (default user vector used)."
-)
+UNKNOWN_USERS = Counter("reaseq_unknown_users", "Requests whose user had no published behaviors.")
 ERRORS = Counter("reaseq_errors", "Failed Rank requests by error kind.", ["kind"])
 ACTIVE_RELEASE = Gauge(
     "reaseq_active_release",

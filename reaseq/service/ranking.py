@@ -14,6 +14,8 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import numpy as np
 
@@ -33,6 +35,7 @@ from reaseq.service.releases import (
 from reaseq.service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def assemble(
@@ -52,6 +55,16 @@ def assemble(
         behaviors = np.zeros((1, release.manifest.vector_dim), dtype=np.float32)
         mask = np.zeros((1, 1), dtype=np.float32)
     return candidates[None], behaviors[None], mask
+
+
+async def _within(awaitable: Awaitable[T], deadline: float | None, stage: str) -> T:
+    """Await with the request's remaining time; past it, a DeadlineExceeded naming the stage."""
+    if deadline is None:
+        return await awaitable
+    try:
+        return await asyncio.wait_for(awaitable, timeout=max(deadline - time.perf_counter(), 0))
+    except TimeoutError:
+        raise DeadlineExceeded(f"request deadline passed while {stage}") from None
 
 
 class Ranker:
@@ -166,14 +179,12 @@ class Ranker:
         deadline = started + query.deadline_ms / 1000 if query.deadline_ms else None
 
         n_cand = len(query.candidate_item_ids)
-        fetched = await release.features.fetch(
-            query.user_id, query.candidate_item_ids + query.recent_item_ids
+        fetched = await _within(
+            release.features.fetch(query.user_id, query.candidate_item_ids + query.recent_item_ids),
+            deadline,
+            "reading features",
         )
         t_features = time.perf_counter()
-        if deadline and t_features > deadline:
-            raise DeadlineExceeded(
-                f"deadline of {query.deadline_ms} ms passed while reading features"
-            )
 
         candidates = fetched.items[:n_cand]
         cand_found = fetched.items_found[:n_cand]
@@ -181,10 +192,8 @@ class Ranker:
         recent_found = fetched.items_found[n_cand:]
         recent = fetched.items[n_cand:][recent_found]
         cand, beh, mask = assemble(release, fetched.behaviors, recent, candidates)
-        scores = await release.model.score(cand, beh, mask)
+        scores = await _within(release.model.score(cand, beh, mask), deadline, "scoring")
         t_model = time.perf_counter()
-        if deadline and t_model > deadline:
-            raise DeadlineExceeded(f"deadline of {query.deadline_ms} ms passed while scoring")
 
         rel, model_version, feature_version = release.versions
         return RankResult(

@@ -1,16 +1,39 @@
-"""Service configuration: one typed settings object, from `REASEQ_*` environment or .env."""
+"""Service configuration: one typed settings object.
+
+Sources, strongest first: constructor arguments (CLI options), `REASEQ_*` environment, a `.env`
+file, then the TOML file named by `REASEQ_CONFIG` (default `reaseq.toml`, optional).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REASEQ_", env_file=".env", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("REASEQ_CONFIG", "reaseq.toml"))
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_file)
+        return init_settings, env_settings, dotenv_settings, toml, file_secret_settings
 
     # where releases come from
     store: Literal["embedded", "redis"] = "embedded"

@@ -18,7 +18,7 @@ from reaseq.core.keys import KeySchema
 from reaseq.core.release import ACTIVE_FILE, MODEL_FILE, Snapshot, read_manifest, write_atomic
 from reaseq.offline.publish import EmbeddedPublisher, RedisPublisher
 from reaseq.service import metrics
-from reaseq.service.errors import FeatureStoreUnavailable, InvalidRequest
+from reaseq.service.errors import DeadlineExceeded, FeatureStoreUnavailable, InvalidRequest
 from reaseq.service.query import RankQuery
 from reaseq.service.ranking import Ranker
 from reaseq.service.settings import ServiceSettings
@@ -242,3 +242,30 @@ async def test_gc_never_removes_the_release_a_service_holds(
     assert (releases_dir / first).is_dir(), "GC removed the release a running service holds"
     assert await ranker.refresh() is True
     assert publisher.gc(keep=1) == [first]  # now nobody holds it
+
+
+async def test_request_deadline_cuts_a_slow_store_read(
+    redis_client, redis_server, pipeline_run, release_ids
+) -> None:
+    """A Redis that stalls (DEBUG SLEEP blocks the real server) costs at most the deadline."""
+    RedisPublisher(redis_client, KeySchema("slow")).publish(pipeline_run.release_dir)
+    settings = ServiceSettings(
+        store="redis", redis_url=redis_server.url, redis_namespace="slow", redis_timeout_s=5.0
+    )
+    user, items = release_ids
+    ranker = await Ranker.open(settings, follow=False)
+    try:
+        await ranker.rank(RankQuery(user, items))  # connection warm
+        sleeper = asyncio.create_task(
+            asyncio.to_thread(redis_client.execute_command, "DEBUG", "SLEEP", "1")
+        )
+        await asyncio.sleep(0.1)
+        started = time.perf_counter()
+        with pytest.raises(DeadlineExceeded, match="reading features"):
+            await ranker.rank(RankQuery(user, items, deadline_ms=100))
+        assert time.perf_counter() - started < 0.5
+        await sleeper
+        # the abandoned read's connection is not reused half-read: the next request is served
+        assert len((await ranker.rank(RankQuery(user, items))).scores) == len(items)
+    finally:
+        await ranker.close()

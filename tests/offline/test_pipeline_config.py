@@ -1,0 +1,21 @@
+from pathlib import Path
+
+import pytest
+
+from reaseq.offline.pipeline import load_pipeline_config
+
+EXAMPLE = Path(__file__).parents[2] / "configs" / "pipeline.example.toml"
+
+
+def test_example_config_loads_into_nested_dataclasses() -> None:
+    cfg = load_pipeline_config(EXAMPLE)
+    assert cfg.features == ("id", "id+text")
+    assert cfg.train.ranker.attention == "dot" and cfg.train.ranker.max_behaviors == 100
+    assert cfg.text.dim == 64
+
+
+def test_unknown_keys_are_errors(tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train.ranker]\nattenton = 'din'\n")
+    with pytest.raises(ValueError, match="unknown key 'attenton'"):
+        load_pipeline_config(bad)
