@@ -22,7 +22,12 @@ import numpy as np
 from reaseq.core.keys import KeySchema
 from reaseq.core.release import ReleaseCheckError
 from reaseq.service import metrics
-from reaseq.service.backend import ModelBackendError
+from reaseq.service.backend import (
+    MicroBatcher,
+    ModelBackend,
+    ModelBackendError,
+    OnnxRuntimeBackend,
+)
 from reaseq.service.errors import DeadlineExceeded, NotReady, ReaseqError
 from reaseq.service.query import RankLimits, RankQuery, RankResult, validate_query
 from reaseq.service.releases import (
@@ -76,6 +81,7 @@ class Ranker:
         self._refused: set[str] = set()  # releases that failed their checks (not retried)
         self._poller: asyncio.Task | None = None
         self._refresh_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task] = set()  # previous releases draining after a switch
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
     @classmethod
@@ -107,6 +113,7 @@ class Ranker:
             await self.source.clear_in_use(self.instance)
         if self._active:
             await self._active.close()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         await self.source.close()
 
     # --- release following -------------------------------------------------------------------
@@ -132,7 +139,7 @@ class Ranker:
                 return False
             started = time.perf_counter()
             try:
-                candidate = await self.source.load(target, self.settings.onnx_intra_op_threads)
+                candidate = await self.source.load(target, self._make_backend)
                 await self._warm_up(candidate)
             except (ReleaseCheckError, ModelBackendError, ValueError) as err:
                 self._refused.add(target)
@@ -141,12 +148,21 @@ class Ranker:
                 return False
             # mark first, so no publisher's GC removes what we are about to serve
             await self.source.mark_in_use(self.instance, target)
-            # requests that started on the previous release hold their own reference to it; its
-            # ONNX session and mmaps are freed when the last of them finishes
-            self._active = candidate
+            # requests that started on the previous release hold their own reference to it and
+            # finish on it; its ONNX session and mmaps are freed when the last of them is done
+            previous, self._active = self._active, candidate
+            if previous is not None:  # drains its in-flight requests, then frees its workers
+                self._retiring.add(asyncio.create_task(previous.close()))
+                self._retiring = {t for t in self._retiring if not t.done()}
             metrics.record_switch(*candidate.versions, seconds=time.perf_counter() - started)
             log.info("switched release %s -> %s", current, target)
             return True
+
+    def _make_backend(self, model_bytes: bytes) -> ModelBackend:
+        onnx = OnnxRuntimeBackend(model_bytes, self.settings.onnx_intra_op_threads)
+        if self.settings.batch_max_size <= 1:
+            return onnx
+        return MicroBatcher(onnx, self.settings.batch_max_size, self.settings.batch_workers)
 
     async def _warm_up(self, release: LoadedRelease) -> None:
         dim = release.manifest.vector_dim

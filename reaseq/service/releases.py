@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +32,11 @@ from reaseq.core.release import (
     sha256_bytes,
     verify_release_files,
 )
-from reaseq.service.backend import ModelBackend, OnnxRuntimeBackend
+from reaseq.service.backend import ModelBackend
 from reaseq.service.errors import FeatureStoreUnavailable
 from reaseq.service.store import EmbeddedFeatures, FeatureView, RedisFeatures
+
+BackendFactory = Callable[[bytes], ModelBackend]  # model file bytes -> a ready backend
 
 
 @dataclass
@@ -68,7 +71,7 @@ class ReleaseSource(ABC):
         """The id the active pointer names, or None when nothing is published."""
 
     @abstractmethod
-    async def load(self, release: str, intra_op_threads: int = 1) -> LoadedRelease:
+    async def load(self, release: str, make_backend: BackendFactory) -> LoadedRelease:
         """Load and check a release; raise ReleaseCheckError if it must not be served."""
 
     @abstractmethod
@@ -103,7 +106,7 @@ class EmbeddedReleaseSource(ReleaseSource):
     async def clear_in_use(self, instance: str) -> None:
         await anyio.to_thread.run_sync(clear_in_use, self.releases_dir, instance)
 
-    def _load_sync(self, release: str, intra_op_threads: int) -> LoadedRelease:
+    def _load_sync(self, release: str, make_backend: BackendFactory) -> LoadedRelease:
         folder = self.releases_dir / release
         if not folder.is_dir():
             raise ReleaseCheckError(f"release {release} is named active but {folder} is missing")
@@ -111,14 +114,14 @@ class EmbeddedReleaseSource(ReleaseSource):
         if self.verify_hashes:
             verify_release_files(folder, manifest)
         model_bytes = (folder / MODEL_FILE).read_bytes()
-        model = OnnxRuntimeBackend(model_bytes, intra_op_threads)
+        model = make_backend(model_bytes)
         check_model_fits(manifest, model, model_bytes)
         snapshot = Snapshot.open(folder)
         snapshot.check_against(manifest)
         return LoadedRelease(manifest, model, EmbeddedFeatures(snapshot))
 
-    async def load(self, release: str, intra_op_threads: int = 1) -> LoadedRelease:
-        return await anyio.to_thread.run_sync(self._load_sync, release, intra_op_threads)
+    async def load(self, release: str, make_backend: BackendFactory) -> LoadedRelease:
+        return await anyio.to_thread.run_sync(self._load_sync, release, make_backend)
 
 
 class RedisReleaseSource(ReleaseSource):
@@ -144,7 +147,7 @@ class RedisReleaseSource(ReleaseSource):
         with contextlib.suppress(RedisError, OSError, TimeoutError):  # else it expires by itself
             await self.client.delete(self.keys.in_use(instance))
 
-    async def load(self, release: str, intra_op_threads: int = 1) -> LoadedRelease:
+    async def load(self, release: str, make_backend: BackendFactory) -> LoadedRelease:
         try:
             raw_manifest, model_bytes, default_item = await self.client.mget(
                 [
@@ -158,7 +161,7 @@ class RedisReleaseSource(ReleaseSource):
         if raw_manifest is None or model_bytes is None or default_item is None:
             raise ReleaseCheckError(f"release {release} is incomplete in Redis")
         manifest = ReleaseManifest.model_validate_json(raw_manifest)
-        model = await anyio.to_thread.run_sync(OnnxRuntimeBackend, model_bytes, intra_op_threads)
+        model = await anyio.to_thread.run_sync(make_backend, model_bytes)
         check_model_fits(manifest, model, model_bytes)
         default = np.frombuffer(default_item, dtype=VECTOR_DTYPE)
         if default.shape != (manifest.vector_dim,):

@@ -46,7 +46,9 @@ class ServiceSettings(BaseSettings):
 
     # model backend
     backend: Literal["local"] = "local"
-    onnx_intra_op_threads: int = Field(1, ge=1)
+    onnx_intra_op_threads: int = Field(1, ge=1)  # threads inside one model call
+    batch_max_size: int = Field(16, ge=1)  # requests merged into one model call (1: no batching)
+    batch_workers: int = Field(2, ge=1)  # model calls in flight at once
 
     # transports
     host: str = "127.0.0.1"
