@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -38,6 +40,20 @@ def _settings(
 ) -> ServiceSettings:
     overrides = {"store": store, "releases_dir": releases_dir, "redis_url": redis_url}
     return ServiceSettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """Expected failures (bad release, missing file, store down) as one red line, exit code 2."""
+    import redis
+
+    from reaseq.core.release import ReleaseCheckError
+
+    try:
+        yield
+    except (ReleaseCheckError, FileNotFoundError, ValueError, redis.RedisError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
 
 
 def _publisher(settings: ServiceSettings):
@@ -76,27 +92,36 @@ def pipeline(
     config: Annotated[Path | None, typer.Option(help="TOML file; options given here win")] = None,
 ) -> None:
     """Prepare, encode, train each feature set, report AUC/GAUC/LogLoss, export and publish."""
-    from reaseq.offline.pipeline import PipelineConfig, load_pipeline_config, run_pipeline
+    from reaseq.offline.pipeline import (
+        PipelineConfig,
+        load_pipeline_config,
+        resolve_dataset,
+        run_pipeline,
+    )
 
     cfg = load_pipeline_config(config) if config else PipelineConfig()
     cfg.dataset = dataset
-    overrides = {
-        (cfg, "features"): tuple(features) if features else None,
-        (cfg, "export_features"): export_features,
-        (cfg, "artifacts_dir"): artifacts,
-        (cfg.train, "epochs"): epochs,
-        (cfg.train.ranker, "max_behaviors"): max_behaviors,
-        (cfg.train.ranker, "attention"): attention,
-    }
-    for (target, name), value in overrides.items():
+    overrides = [
+        (cfg, "features", tuple(features) if features else None),
+        (cfg, "export_features", export_features),
+        (cfg, "artifacts_dir", artifacts),
+        (cfg.train, "epochs", epochs),
+        (cfg.train.ranker, "max_behaviors", max_behaviors),
+        (cfg.train.ranker, "attention", attention),
+    ]
+    for target, name, value in overrides:
         if value is not None:
             setattr(target, name, value)
+    if dataset != "synthetic":
+        with _clear_errors():  # an unknown dataset is a clear error before any work starts
+            resolve_dataset(dataset, cfg.artifacts_dir)
     with console.status(f"pipeline on {dataset}"):
         result = run_pipeline(cfg, log=console.log)
     console.print((result.work_dir / "report.md").read_text())
     if publish and result.release_dir is not None:
         settings = _settings(store, releases_dir, redis_url)
-        release = _publisher(settings).publish(result.release_dir, activate=True, keep=keep)
+        with _clear_errors():
+            release = _publisher(settings).publish(result.release_dir, activate=True, keep=keep)
         console.print(f"published and activated release [bold]{release}[/] ({settings.store})")
 
 
@@ -111,7 +136,8 @@ def publish_cmd(
 ) -> None:
     """Write a release to the store, verify it, then switch the active pointer atomically."""
     settings = _settings(store, releases_dir, redis_url)
-    release = _publisher(settings).publish(release_dir, activate=activate, keep=keep)
+    with _clear_errors():
+        release = _publisher(settings).publish(release_dir, activate=activate, keep=keep)
     console.print(f"published release [bold]{release}[/] to {settings.store}")
 
 
@@ -142,7 +168,8 @@ def release_activate(
     redis_url: RedisUrlOpt = None,
 ) -> None:
     """Point the service at a kept release (it switches on its next pointer check)."""
-    _publisher(_settings(store, releases_dir, redis_url)).activate(release)
+    with _clear_errors():
+        _publisher(_settings(store, releases_dir, redis_url)).activate(release)
     console.print(f"active release: [bold]{release}[/]")
 
 
@@ -153,10 +180,11 @@ def release_rollback(
     """Re-activate the most recent previously active release that is still kept."""
     from reaseq.offline.publish import rollback_target
 
-    publisher = _publisher(_settings(store, releases_dir, redis_url))
-    available = {m.release for m in publisher.complete()}
-    target = rollback_target(publisher.history(), publisher.active(), available)
-    publisher.activate(target)
+    with _clear_errors():
+        publisher = _publisher(_settings(store, releases_dir, redis_url))
+        available = {m.release for m in publisher.complete()}
+        target = rollback_target(publisher.history(), publisher.active(), available)
+        publisher.activate(target)
     console.print(f"rolled back to [bold]{target}[/]")
 
 

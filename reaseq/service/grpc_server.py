@@ -45,16 +45,7 @@ def to_query(request: ranking_pb2.RankRequest, time_remaining_s: float | None) -
 
 
 def to_response(result: RankResult) -> ranking_pb2.RankResponse:
-    return ranking_pb2.RankResponse(
-        scores=result.scores,
-        release=result.release,
-        model_version=result.model_version,
-        feature_version=result.feature_version,
-        unknown_user=result.unknown_user,
-        unknown_item_indices=result.unknown_item_indices,
-        unknown_recent_indices=result.unknown_recent_indices,
-        degraded=False,
-    )
+    return ranking_pb2.RankResponse(**result.response_fields())
 
 
 async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, msg: str) -> NoReturn:

@@ -64,15 +64,7 @@ class RankResponseBody(BaseModel):
 
     @classmethod
     def from_result(cls, result: RankResult) -> RankResponseBody:
-        return cls(
-            scores=result.scores,
-            release=result.release,
-            model_version=result.model_version,
-            feature_version=result.feature_version,
-            unknown_user=result.unknown_user,
-            unknown_item_indices=result.unknown_item_indices,
-            unknown_recent_indices=result.unknown_recent_indices,
-        )
+        return cls(**result.response_fields())
 
 
 class ErrorBody(BaseModel):

@@ -41,6 +41,11 @@ class RankResult:
     ]  # positions in candidate_item_ids scored with the default vector
     unknown_recent_indices: list[int]  # positions in recent_item_ids that were ignored
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    degraded: bool = False  # a configured fallback answered (reserved)
+
+    def response_fields(self) -> dict:
+        """The fields both transports return (everything but the internal timings)."""
+        return {k: v for k, v in vars(self).items() if k != "timings"}
 
 
 def _check_id(value: object, what: str) -> None:

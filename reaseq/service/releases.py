@@ -55,14 +55,19 @@ class LoadedRelease:
         await self.features.close()
 
 
-def check_model_fits(manifest: ReleaseManifest, model: ModelBackend, model_bytes: bytes) -> None:
+def load_model(
+    manifest: ReleaseManifest, model_bytes: bytes, make_backend: BackendFactory
+) -> ModelBackend:
+    """Hash first (never parse bytes the manifest does not vouch for), then widths."""
     if sha256_bytes(model_bytes) != manifest.model_sha256:
         raise ReleaseCheckError(f"release {manifest.release}: model hash does not match manifest")
+    model = make_backend(model_bytes)
     if model.dim != manifest.vector_dim:
         raise ReleaseCheckError(
             f"release {manifest.release}: model takes D={model.dim}, features have "
             f"D={manifest.vector_dim}"
         )
+    return model
 
 
 class ReleaseSource(ABC):
@@ -114,8 +119,7 @@ class EmbeddedReleaseSource(ReleaseSource):
         if self.verify_hashes:
             verify_release_files(folder, manifest)
         model_bytes = (folder / MODEL_FILE).read_bytes()
-        model = make_backend(model_bytes)
-        check_model_fits(manifest, model, model_bytes)
+        model = load_model(manifest, model_bytes, make_backend)
         snapshot = Snapshot.open(folder)
         snapshot.check_against(manifest)
         return LoadedRelease(manifest, model, EmbeddedFeatures(snapshot))
@@ -161,8 +165,7 @@ class RedisReleaseSource(ReleaseSource):
         if raw_manifest is None or model_bytes is None or default_item is None:
             raise ReleaseCheckError(f"release {release} is incomplete in Redis")
         manifest = ReleaseManifest.model_validate_json(raw_manifest)
-        model = await anyio.to_thread.run_sync(make_backend, model_bytes)
-        check_model_fits(manifest, model, model_bytes)
+        model = await anyio.to_thread.run_sync(load_model, manifest, model_bytes, make_backend)
         default = np.frombuffer(default_item, dtype=VECTOR_DTYPE)
         if default.shape != (manifest.vector_dim,):
             raise ReleaseCheckError(f"release {release}: default item vector has the wrong width")

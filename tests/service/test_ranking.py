@@ -269,3 +269,23 @@ async def test_request_deadline_cuts_a_slow_store_read(
         assert len((await ranker.rank(RankQuery(user, items))).scores) == len(items)
     finally:
         await ranker.close()
+
+
+async def test_redis_release_corrupted_in_the_store_is_refused(
+    redis_ranker: Ranker, redis_client, second_release: Path, release_ids
+) -> None:
+    """A release whose model bytes in Redis no longer match its manifest hash is never served."""
+    keys = KeySchema("svc")
+    first = redis_ranker.active_versions()[0]
+    publisher = RedisPublisher(redis_client, keys)
+    publisher.publish(second_release, activate=False)
+    model = bytearray(redis_client.get(keys.model("second-release")))
+    model[len(model) // 2] ^= 0xFF
+    redis_client.set(keys.model("second-release"), bytes(model))
+    publisher.activate("second-release")
+    assert await redis_ranker.refresh() is False
+    user, items = release_ids
+    assert (await redis_ranker.rank(RankQuery(user, items))).release == first
+    publisher.activate(first)  # rollback: the pointer names the serving release again
+    assert await redis_ranker.refresh() is False
+    assert redis_ranker.active_versions()[0] == first
