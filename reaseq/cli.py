@@ -143,13 +143,24 @@ def publish_cmd(
 
 @release_app.command("list")
 def release_list(
-    store: StoreOpt = None, releases_dir: ReleasesDirOpt = None, redis_url: RedisUrlOpt = None
+    store: StoreOpt = None,
+    releases_dir: ReleasesDirOpt = None,
+    redis_url: RedisUrlOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per release")] = False,
 ) -> None:
     """Complete releases, oldest first; the active one is marked."""
+    from dataclasses import asdict
+
     from reaseq.offline.publish import describe
 
+    with _clear_errors():
+        infos = describe(_publisher(_settings(store, releases_dir, redis_url)))
+    if as_json:
+        for info in infos:
+            print(json.dumps(asdict(info)))
+        return
     table = Table("active", "release", "created", "model version", "feature version")
-    for info in describe(_publisher(_settings(store, releases_dir, redis_url))):
+    for info in infos:
         table.add_row(
             "*" if info.active else "",
             info.release,

@@ -3,6 +3,8 @@ the release operations publish -> list -> rollback -> activate."""
 
 from __future__ import annotations
 
+import json
+
 from typer.testing import CliRunner
 
 from reaseq.cli import app
@@ -28,8 +30,9 @@ def test_release_list_rollback_activate(tmp_path, pipeline_run, second_release) 
     for folder in (pipeline_run.release_dir, second_release):
         result = runner.invoke(app, ["publish", str(folder), *store])
         assert result.exit_code == 0, result.output
-    listed = runner.invoke(app, ["release", "list", *store], terminal_width=300)
-    assert first in listed.output and "second-release" in listed.output
+    listed = runner.invoke(app, ["release", "list", "--json", *store])
+    rows = [json.loads(line) for line in listed.output.splitlines()]
+    assert [(r["release"], r["active"]) for r in rows] == [(first, False), ("second-release", True)]
     result = runner.invoke(app, ["release", "rollback", *store])
     assert result.exit_code == 0 and f"rolled back to {first}" in result.output
     assert (tmp_path / "releases" / ACTIVE_FILE).read_text() == first

@@ -195,10 +195,14 @@ def render_report(report: dict) -> str:
             f"| {v['auc']:.4f} | {r['best_epoch']} |"
         )
     for name, t in report["baselines"].items():
-        lines.append(
-            f"| baseline {name} | {t['auc']:.4f} | {t['gauc']:.4f} | {t['logloss']:.4f} | | |"
-        )
-    lines += ["", f"samples: {report['data']['samples']}", f"timings (s): {report['timings']}", ""]
+        lines.append(f"| baseline {name} | {t['auc']:.4f} | {t['gauc']:.4f} | n/a | | |")
+    lines += [
+        "",
+        "Baselines score ranks, not probabilities, so their LogLoss is not comparable (n/a).",
+        f"samples: {report['data']['samples']}",
+        f"timings (s): {report['timings']}",
+        "",
+    ]
     return "\n".join(lines)
 
 
