@@ -125,6 +125,28 @@ def pipeline(
         console.print(f"published and activated release [bold]{release}[/] ({settings.store})")
 
 
+@app.command("export")
+def export_cmd(
+    dataset: Annotated[str, typer.Argument(help="dataset name under the artifacts folder")],
+    features: Annotated[str, typer.Option(help="which trained model: id | id+text")] = "id+text",
+    artifacts: Annotated[Path, typer.Option(help="artifacts folder")] = Path("artifacts"),
+) -> None:
+    """Export a trained ranker as a new release folder (ONNX + feature snapshot), parity-checked."""
+    from reaseq.offline.export import export_release
+    from reaseq.offline.pipeline import load_prepared
+    from reaseq.offline.train import CHECKPOINT_FILE, load_checkpoint
+
+    work = artifacts / dataset
+    with _clear_errors():
+        model, ckpt = load_checkpoint(work / "models" / features / CHECKPOINT_FILE)
+        data = load_prepared(work)
+    test = ckpt["metrics"]["test"]
+    metrics = {f"test_{k}": v for k, v in test.items() if k != "n"}
+    folder = export_release(model, data, work / "exports", features, metrics)
+    parity = json.loads((folder / "manifest.json").read_text())["metrics"]
+    console.print(f"exported {folder} (ONNX parity {parity['onnx_parity_max_abs_diff']:.1e})")
+
+
 @app.command("publish")
 def publish_cmd(
     release_dir: Annotated[Path, typer.Argument(help="an exported release folder")],

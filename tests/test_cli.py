@@ -41,3 +41,18 @@ def test_release_list_rollback_activate(tmp_path, pipeline_run, second_release) 
     assert (tmp_path / "releases" / ACTIVE_FILE).read_text() == "second-release"
     bad = runner.invoke(app, ["release", "activate", "no-such-release", *store])
     assert bad.exit_code == 2 and "not a complete release" in bad.output
+
+
+def test_export_makes_a_new_release_from_a_trained_model(pipeline_run) -> None:
+    artifacts = pipeline_run.work_dir.parent
+    result = runner.invoke(
+        app,
+        ["export", "synthetic", "--features", "id", "--artifacts", str(artifacts)],
+        terminal_width=400,
+    )
+    assert result.exit_code == 0, result.output
+    assert "ONNX parity" in result.output
+    exports = sorted((pipeline_run.work_dir / "exports").glob("synthetic-id-2*"))
+    assert exports and (exports[-1] / "manifest.json").exists()
+    missing = runner.invoke(app, ["export", "nope", "--artifacts", str(artifacts)])
+    assert missing.exit_code == 2

@@ -21,16 +21,17 @@ def encode_vector(vector: np.ndarray) -> bytes:
 
 
 def decode_vectors(values: list[bytes | None], dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decode many item values at once: (float32 [K, D], found bool [K]); missing rows are zero."""
+    """Decode many item values at once: (float32 [K, D], found bool [K]); missing rows are zero.
+
+    One join + one frombuffer for all found values, not a numpy call per value."""
+    found = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
+    present = [v for v in values if v is not None]
+    if any(len(v) != 2 * dim for v in present):
+        bad = next(len(v) for v in present if len(v) != 2 * dim)
+        raise ValueError(f"item value has {bad} bytes, expected {2 * dim} (D={dim})")
     out = np.zeros((len(values), dim), dtype=np.float32)
-    found = np.zeros(len(values), dtype=bool)
-    for i, value in enumerate(values):
-        if value is None:
-            continue
-        if len(value) != 2 * dim:
-            raise ValueError(f"item value has {len(value)} bytes, expected {2 * dim} (D={dim})")
-        out[i] = np.frombuffer(value, dtype=VECTOR_DTYPE)
-        found[i] = True
+    if present:
+        out[found] = np.frombuffer(b"".join(present), dtype=VECTOR_DTYPE).reshape(-1, dim)
     return out, found
 
 
