@@ -17,6 +17,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from reaseq.service.settings import ServiceSettings
@@ -115,8 +123,15 @@ def pipeline(
     if dataset != "synthetic":
         with _clear_errors():  # an unknown dataset is a clear error before any work starts
             resolve_dataset(dataset, cfg.artifacts_dir)
-    with console.status(f"pipeline on {dataset}"):
-        result = run_pipeline(cfg, log=console.log)
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        result = run_pipeline(cfg, log=console.log, progress=progress)
     console.print((result.work_dir / "report.md").read_text())
     if publish and result.release_dir is not None:
         settings = _settings(store, releases_dir, redis_url)

@@ -12,6 +12,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -113,9 +114,17 @@ class PipelineResult:
 
 
 Log = Callable[[str], None]
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
-def run_pipeline(cfg: PipelineConfig, log: Log = print, export: bool = True) -> PipelineResult:
+def run_pipeline(
+    cfg: PipelineConfig,
+    log: Log = print,
+    export: bool = True,
+    progress: Progress | None = None,
+) -> PipelineResult:
+    """Run every step; `progress` (a rich Progress) gets one bar per training run."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     name, path = resolve_dataset(cfg.dataset, cfg.artifacts_dir / "synthetic")
@@ -142,9 +151,21 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print, export: bool = True) -> 
     for features in cfg.features:
         t = time.perf_counter()
         train_cfg = _copy_train(cfg.train, features)
+        bar = progress.add_task(f"train {features}", total=None) if progress else None
+
+        def on_batch(done: int, total: int, bar=bar) -> None:
+            if progress is not None and bar is not None:
+                progress.update(bar, completed=done, total=total)
+
         result = train_ranker(
-            data, reps, train_cfg, on_epoch=lambda row, f=features: log(f"[{f}] {_fmt(row)}")
+            data,
+            reps,
+            train_cfg,
+            on_epoch=lambda row, f=features: log(f"[{f}] {_fmt(row)}"),
+            on_batch=on_batch,
         )
+        if progress is not None and bar is not None:
+            progress.remove_task(bar)
         save_checkpoint(result, train_cfg, work / "models" / features / CHECKPOINT_FILE)
         results[features] = result
         timings[f"train_{features}_s"] = time.perf_counter() - t

@@ -78,7 +78,9 @@ def train_ranker(
     representations: np.ndarray | None,
     cfg: TrainConfig,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
+    """`on_epoch(row)` after each epoch's validation; `on_batch(done, total)` for progress bars."""
     if cfg.features not in FEATURE_SETS:
         raise ValueError(f"features must be one of {FEATURE_SETS}, got {cfg.features!r}")
     torch.manual_seed(cfg.seed)
@@ -108,7 +110,8 @@ def train_ranker(
         model.train()
         order = torch.randperm(len(train_c), generator=generator)
         total = 0.0
-        for i in range(0, len(order), cfg.batch_size):
+        n_batches = -(-len(order) // cfg.batch_size)
+        for step, i in enumerate(range(0, len(order), cfg.batch_size), start=1):
             idx = order[i : i + cfg.batch_size]
             logits = model(train_c[idx, None], trim(train_h[idx], rcfg.n_items))["logits"][:, 0]
             loss = loss_fn(logits, train_y[idx])
@@ -116,6 +119,8 @@ def train_ranker(
             loss.backward()
             optim.step()
             total += loss.item() * len(idx)
+            if on_batch:
+                on_batch(step, n_batches)
         val_pred = predict(model, val_c, val_h, cfg.eval_batch_size)
         val = ctr_metrics(val_s["user_row"].to_numpy(), val_s["label"].to_numpy(), val_pred)
         row = {"epoch": epoch, "train_loss": total / max(len(order), 1)} | {
