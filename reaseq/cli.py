@@ -64,7 +64,7 @@ def _clear_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def _publisher(settings: ServiceSettings):
+def _publisher(settings: ServiceSettings, verbose: bool = False, batch_size: int = 500):
     from reaseq.core.keys import KeySchema
     from reaseq.offline.publish import EmbeddedPublisher, RedisPublisher
 
@@ -73,8 +73,14 @@ def _publisher(settings: ServiceSettings):
 
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
         client = redis.Redis.from_url(settings.redis_url, password=password, socket_timeout=10)
-        return RedisPublisher(client, KeySchema(settings.redis_namespace))
-    return EmbeddedPublisher(settings.releases_dir)
+        keys = KeySchema(settings.redis_namespace)
+        return RedisPublisher(client, keys, _step(verbose), batch_size)
+    return EmbeddedPublisher(settings.releases_dir, _step(verbose))
+
+
+def _step(verbose: bool):
+    """Publish steps as plain lines on stdout (flushed), for operators and tests."""
+    return (lambda msg: print(f"publish: {msg}", flush=True)) if verbose else (lambda _msg: None)
 
 
 @app.command()
@@ -170,11 +176,14 @@ def publish_cmd(
     releases_dir: ReleasesDirOpt = None,
     redis_url: RedisUrlOpt = None,
     keep: KeepOpt = 3,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="print each step")] = False,
+    batch_size: Annotated[int, typer.Option(help="Redis: keys per pipelined write")] = 500,
 ) -> None:
     """Write a release to the store, verify it, then switch the active pointer atomically."""
     settings = _settings(store, releases_dir, redis_url)
     with _clear_errors():
-        release = _publisher(settings).publish(release_dir, activate=activate, keep=keep)
+        publisher = _publisher(settings, verbose, batch_size)
+        release = publisher.publish(release_dir, activate=activate, keep=keep)
     console.print(f"published release [bold]{release}[/] to {settings.store}")
 
 

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,9 +56,16 @@ class ReleaseInfo:
 # --- embedded store: release folders -------------------------------------------------------
 
 
+Step = Callable[[str], None]  # told about each step of a publish (progress lines, tests)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
 class EmbeddedPublisher:
-    def __init__(self, releases_dir: Path) -> None:
-        self.dir = releases_dir
+    def __init__(self, releases_dir: Path, step: Step = _quiet) -> None:
+        self.dir, self.step = releases_dir, step
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def active(self) -> str | None:
@@ -88,9 +95,16 @@ class EmbeddedPublisher:
             for stale in self.dir.glob(f".tmp-{release}-*"):
                 shutil.rmtree(stale, ignore_errors=True)
             staging = self.dir / f".tmp-{release}-{os.getpid()}"
-            shutil.copytree(source, staging)
+
+            def copy(src: str, dst: str) -> None:
+                shutil.copy2(src, dst)
+                self.step(f"copied {Path(src).relative_to(source)}")
+
+            shutil.copytree(source, staging, copy_function=copy)
             verify_release_files(staging, manifest)
+            self.step("verified")
             os.replace(staging, final)
+            self.step("complete")
         if activate:
             self.activate(release)
         self.gc(keep)
@@ -104,6 +118,7 @@ class EmbeddedPublisher:
         write_atomic(self.dir / ACTIVE_FILE, release.encode())
         with (self.dir / HISTORY_FILE).open("a") as fh:
             fh.write(release + "\n")
+        self.step(f"activated {release}")
 
     def history(self) -> list[str]:
         path = self.dir / HISTORY_FILE
@@ -148,8 +163,11 @@ def _batches(items: Iterator[tuple[str, bytes]], size: int) -> Iterator[list[tup
 
 
 class RedisPublisher:
-    def __init__(self, client: redis.Redis, keys: KeySchema) -> None:
-        self.client, self.keys = client, keys
+    def __init__(
+        self, client: redis.Redis, keys: KeySchema, step: Step = _quiet, batch_size: int = 500
+    ) -> None:
+        self.client, self.keys, self.step = client, keys, step
+        self.batch_size = batch_size  # keys per pipelined write / MGET read-back
 
     def active(self) -> str | None:
         value = self.client.get(self.keys.active)
@@ -172,34 +190,37 @@ class RedisPublisher:
             deleted += self.client.unlink(*batch)
         return deleted
 
-    def publish(
-        self, source: Path, activate: bool = True, keep: int = 3, batch_size: int = 500
-    ) -> str:
+    def publish(self, source: Path, activate: bool = True, keep: int = 3) -> str:
         manifest = read_manifest(source)
         release = check_release_id(manifest.release)
         verify_release_files(source, manifest)
         if self.client.zscore(self.keys.releases, release) is None:
             self.delete_release_keys(release)  # leftovers of an interrupted publish
-            written = hashlib.sha256()
-            for batch in _batches(iter_release_values(source, self.keys, release), batch_size):
+            written, n_keys = hashlib.sha256(), 0
+            values = iter_release_values(source, self.keys, release)
+            for batch in _batches(values, self.batch_size):
                 pipe = self.client.pipeline(transaction=False)
                 for key, value in batch:
                     pipe.set(key, value)
                     written.update(value)
                 pipe.execute()
-            self._verify(source, release, written.hexdigest(), batch_size)
+                n_keys += len(batch)
+                self.step(f"wrote {n_keys} keys")
+            self._verify(source, release, written.hexdigest())
+            self.step("verified")
             self.client.set(self.keys.manifest(release), manifest.model_dump_json())
             score = dt.datetime.fromisoformat(manifest.created_at).timestamp()
             self.client.zadd(self.keys.releases, {release: score})
+            self.step("complete")
         if activate:
             self.activate(release)
         self.gc(keep)
         return release
 
-    def _verify(self, source: Path, release: str, expected: str, batch_size: int) -> None:
+    def _verify(self, source: Path, release: str, expected: str) -> None:
         """Read everything back and compare with what was written (hash over all values)."""
         readback = hashlib.sha256()
-        for batch in _batches(iter_release_values(source, self.keys, release), batch_size):
+        for batch in _batches(iter_release_values(source, self.keys, release), self.batch_size):
             for (key, _), value in zip(batch, self.client.mget([k for k, _ in batch]), strict=True):
                 if value is None:
                     raise ReleaseCheckError(f"release {release}: {key} missing after write")
@@ -216,6 +237,7 @@ class RedisPublisher:
         pipe.set(self.keys.active, release)
         pipe.rpush(self.keys.history, release)
         pipe.execute()
+        self.step(f"activated {release}")
 
     def history(self) -> list[str]:
         return [r.decode() for r in self.client.lrange(self.keys.history, 0, -1)]
