@@ -24,10 +24,6 @@ class KeySchema:
         """Sorted set: complete, verified releases scored by publish time."""
         return f"{self.namespace}:releases"
 
-    @property
-    def publish_lock(self) -> str:
-        return f"{self.namespace}:publish-lock"
-
     def in_use(self, instance: str) -> str:
         """String key with a TTL: the release a running service instance holds (GC skips it)."""
         return f"{self.namespace}:in-use:{instance}"

@@ -10,6 +10,7 @@ import os
 import time
 import tomllib
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +23,6 @@ from reaseq.offline.export import export_release
 from reaseq.offline.prepare import PrepareConfig, Prepared, prepare
 from reaseq.offline.text_reps import (
     EMBED_CACHE,
-    REPS_FILE,
     TextRepConfig,
     build_text_representation,
 )
@@ -184,7 +184,7 @@ def run_pipeline(
             }
             for f, r in results.items()
         },
-        "baselines": all_baselines(data, _text_embeddings(work)),
+        "baselines": all_baselines(data, load_text_embeddings(work)),
         "config": _jsonable(asdict(cfg)),
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
@@ -227,12 +227,7 @@ def render_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def load_representations(work: Path) -> np.ndarray | None:
-    path = work / "reps" / REPS_FILE
-    return np.load(path) if path.exists() else None
-
-
-def _text_embeddings(work: Path) -> np.ndarray | None:
+def load_text_embeddings(work: Path) -> np.ndarray | None:
     path = work / "reps" / EMBED_CACHE
     return np.load(path) if path.exists() else None
 
@@ -242,8 +237,6 @@ def load_prepared(work: Path) -> Prepared:
 
 
 def _copy_train(cfg: TrainConfig, features: str) -> TrainConfig:
-    from copy import deepcopy
-
     copy = deepcopy(cfg)
     copy.features = features
     return copy

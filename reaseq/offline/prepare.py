@@ -15,7 +15,7 @@ Protocols (DESIGN §3.4, the DIN / BARS Amazon protocol so numbers sit beside pu
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -216,7 +216,3 @@ def prepare(raw: RawDataset, cfg: PrepareConfig | None = None) -> Prepared:
         beh_times=beh["timestamp"].to_numpy().astype(np.float64),
         samples=samples.sort_values(["split", "user_row"], kind="stable").reset_index(drop=True),
     )
-
-
-def config_dict(cfg: PrepareConfig) -> dict:
-    return asdict(cfg)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -274,9 +273,3 @@ def describe(publisher: EmbeddedPublisher | RedisPublisher) -> list[ReleaseInfo]
         )
         for m in publisher.complete()
     ]
-
-
-def manifest_summary(manifest: ReleaseManifest) -> str:
-    return json.dumps(
-        {k: getattr(manifest, k) for k in ("release", "model_version", "feature_version")}
-    )
