@@ -26,11 +26,12 @@ def free_port() -> int:
 class RedisServer:
     """A real redis-server process we can stop and restart on the same port (outage tests)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed: apt-get install -y redis-server")
         self.binary, self.workdir, self.port = binary, workdir, free_port()
+        self.password = password
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -55,6 +56,7 @@ class RedisServer:
                 "no",
                 "--enable-debug-command",  # DEBUG SLEEP: a real stalled server for deadline tests
                 "local",
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -64,7 +66,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 time.sleep(0.05)

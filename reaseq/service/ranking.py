@@ -82,6 +82,7 @@ class Ranker:
         self._poller: asyncio.Task | None = None
         self._refresh_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()  # previous releases draining after a switch
+        self._last_problem: str | None = None  # why the last pointer check / load failed
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
     @classmethod
@@ -99,6 +100,7 @@ class Ranker:
         try:
             await ranker.refresh()
         except ReaseqError as err:
+            ranker._last_problem = err.message
             log.warning("no release loaded at start-up: %s", err.message)
         if follow:
             ranker._poller = asyncio.create_task(ranker._follow())
@@ -126,6 +128,7 @@ class Ranker:
                 if self._active is not None:
                     await self.source.mark_in_use(self.instance, self._active.manifest.release)
             except ReaseqError as err:
+                self._last_problem = err.message
                 log.warning("release pointer check failed: %s", err.message)
             except Exception:  # keep following whatever happens; the old release keeps serving
                 log.exception("release refresh crashed")
@@ -143,6 +146,7 @@ class Ranker:
                 await self._warm_up(candidate)
             except (ReleaseCheckError, ModelBackendError, ValueError) as err:
                 self._refused.add(target)
+                self._last_problem = f"release {target} refused: {err}"
                 metrics.RELEASES_REFUSED.inc()
                 log.error("refused release %s: %s; still serving %s", target, err, current)
                 return False
@@ -151,6 +155,7 @@ class Ranker:
             # requests that started on the previous release hold their own reference to it and
             # finish on it; its ONNX session and mmaps are freed when the last of them is done
             previous, self._active = self._active, candidate
+            self._last_problem = None
             if previous is not None:  # drains its in-flight requests, then frees its workers
                 self._retiring.add(asyncio.create_task(previous.close()))
                 self._retiring = {t for t in self._retiring if not t.done()}
@@ -180,10 +185,14 @@ class Ranker:
     def active_versions(self) -> tuple[str, str, str] | None:
         return self._active.versions if self._active else None
 
+    def _not_ready(self) -> NotReady:
+        why = f" (last problem: {self._last_problem})" if self._last_problem else ""
+        return NotReady(f"no release is loaded{why}: publish one with `reaseq publish`")
+
     async def check_ready(self) -> None:
         release = self._active
         if release is None:
-            raise NotReady("no release is loaded: publish one with `reaseq publish`")
+            raise self._not_ready()
         await release.features.ping()
 
     async def rank(self, query: RankQuery) -> RankResult:
@@ -191,7 +200,7 @@ class Ranker:
         validate_query(query, self.limits)
         release = self._active  # this request finishes on this release, whatever switches later
         if release is None:
-            raise NotReady("no release is loaded: publish one with `reaseq publish`")
+            raise self._not_ready()
         deadline = started + query.deadline_ms / 1000 if query.deadline_ms else None
 
         n_cand = len(query.candidate_item_ids)

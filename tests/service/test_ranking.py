@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pydantic
 import pytest
 
 from reaseq.core import contract
@@ -18,7 +19,12 @@ from reaseq.core.keys import KeySchema
 from reaseq.core.release import ACTIVE_FILE, MODEL_FILE, Snapshot, read_manifest, write_atomic
 from reaseq.offline.publish import EmbeddedPublisher, RedisPublisher
 from reaseq.service import metrics
-from reaseq.service.errors import DeadlineExceeded, FeatureStoreUnavailable, InvalidRequest
+from reaseq.service.errors import (
+    DeadlineExceeded,
+    FeatureStoreUnavailable,
+    InvalidRequest,
+    NotReady,
+)
 from reaseq.service.query import RankQuery
 from reaseq.service.ranking import Ranker
 from reaseq.service.settings import ServiceSettings
@@ -289,3 +295,80 @@ async def test_redis_release_corrupted_in_the_store_is_refused(
     publisher.activate(first)  # rollback: the pointer names the serving release again
     assert await redis_ranker.refresh() is False
     assert redis_ranker.active_versions()[0] == first
+
+
+async def test_service_started_while_redis_is_down_becomes_ready_without_restart(
+    tmp_path, pipeline_run, release_ids
+) -> None:
+    from tests.conftest import RedisServer
+
+    server = RedisServer(tmp_path)  # not started yet
+    settings = ServiceSettings(
+        store="redis", redis_url=server.url, redis_namespace="late", release_poll_interval_s=0.1
+    )
+    ranker = await Ranker.open(settings)
+    try:
+        assert not ranker.is_ready()
+        with pytest.raises(NotReady):
+            await ranker.rank(RankQuery(*release_ids))
+        server.start()
+        import redis
+
+        RedisPublisher(redis.Redis.from_url(server.url), KeySchema("late")).publish(
+            pipeline_run.release_dir
+        )
+        for _ in range(50):
+            if ranker.is_ready():
+                break
+            await asyncio.sleep(0.1)
+        assert ranker.is_ready()
+        assert len((await ranker.rank(RankQuery(*release_ids))).scores) == len(release_ids[1])
+    finally:
+        await ranker.close()
+        server.stop()
+
+
+async def test_redis_auth_is_configurable(tmp_path, pipeline_run, release_ids) -> None:
+    from tests.conftest import RedisServer
+
+    server = RedisServer(tmp_path, password="s3cret")
+    server.start()
+    try:
+        import redis
+
+        RedisPublisher(
+            redis.Redis.from_url(server.url, password="s3cret"), KeySchema("auth")
+        ).publish(pipeline_run.release_dir)
+        good = ServiceSettings(
+            store="redis", redis_url=server.url, redis_namespace="auth", redis_password="s3cret"
+        )
+        ranker = await Ranker.open(good, follow=False)
+        assert ranker.is_ready()
+        await ranker.close()
+        wrong = good.model_copy(update={"redis_password": pydantic.SecretStr("nope")})
+        ranker = await Ranker.open(wrong, follow=False)
+        assert not ranker.is_ready()
+        with pytest.raises(NotReady, match="invalid username-password"):
+            await ranker.check_ready()
+        await ranker.close()
+    finally:
+        server.stop()
+
+
+async def test_not_ready_says_why_when_the_only_release_is_refused(
+    tmp_path, second_release
+) -> None:
+    releases = tmp_path / "releases"
+    bad = releases / "second-release"
+    shutil.copytree(second_release, bad)
+    (bad / "model.onnx").write_bytes(b"truncated")
+    write_atomic(releases / ACTIVE_FILE, b"second-release")
+    ranker = await Ranker.open(
+        ServiceSettings(store="embedded", releases_dir=releases, release_poll_interval_s=0.05)
+    )
+    try:
+        await asyncio.sleep(0.2)  # a few polls: the refusal must not be forgotten
+        with pytest.raises(NotReady, match=r"second-release refused: .*model\.onnx"):
+            await ranker.check_ready()
+    finally:
+        await ranker.close()
