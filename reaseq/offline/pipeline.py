@@ -21,11 +21,8 @@ from reaseq.offline.baselines import all_baselines
 from reaseq.offline.datasets import load_dataset
 from reaseq.offline.export import export_release
 from reaseq.offline.prepare import PrepareConfig, Prepared, prepare
-from reaseq.offline.text_reps import (
-    EMBED_CACHE,
-    TextRepConfig,
-    build_text_representation,
-)
+from reaseq.offline.representations import build_representation, representation_kind
+from reaseq.offline.text_reps import EMBED_CACHE, TextRepConfig
 from reaseq.offline.train import (
     CHECKPOINT_FILE,
     FEATURE_SETS,
@@ -138,14 +135,12 @@ def run_pipeline(
     timings["prepare_s"] = time.perf_counter() - t0
     log(f"prepared: {json.dumps(data.summary())}")
 
-    reps = None
-    if any("text" in f for f in cfg.features) or "text" in cfg.export_features:
+    reps: dict[str, np.ndarray] = {}
+    for kind in dict.fromkeys(filter(None, map(representation_kind, cfg.features))):
         t = time.perf_counter()
-        reps = build_text_representation(
-            data.items["text"].fillna("").tolist(), work / "reps", cfg.text, show_progress=False
-        )
-        timings["encode_s"] = time.perf_counter() - t
-        log(f"item representations {reps.shape} in {timings['encode_s']:.1f}s")
+        reps[kind] = build_representation(kind, data, work, cfg.text)
+        timings[f"encode_{kind}_s"] = time.perf_counter() - t
+        log(f"item representations '{kind}' {reps[kind].shape} in {time.perf_counter() - t:.1f}s")
 
     results = {}
     for features in cfg.features:
@@ -157,9 +152,10 @@ def run_pipeline(
             if progress is not None and bar is not None:
                 progress.update(bar, completed=done, total=total)
 
+        kind = representation_kind(features)
         result = train_ranker(
             data,
-            reps,
+            reps[kind] if kind else None,
             train_cfg,
             on_epoch=lambda row, f=features: log(f"[{f}] {_fmt(row)}"),
             on_batch=on_batch,
@@ -228,7 +224,7 @@ def render_report(report: dict) -> str:
 
 
 def load_text_embeddings(work: Path) -> np.ndarray | None:
-    path = work / "reps" / EMBED_CACHE
+    path = work / "reps" / "text" / EMBED_CACHE
     return np.load(path) if path.exists() else None
 
 

@@ -17,14 +17,15 @@ import torch
 from reaseq.models.ranker import Ranker, RankerConfig
 from reaseq.offline.metrics import ctr_metrics
 from reaseq.offline.prepare import Prepared
+from reaseq.offline.representations import representation_kind
 
-FEATURE_SETS = ("id", "id+text")
+FEATURE_SETS = ("id", "id+text")  # the default ablation; any "id+<registered kind>" works
 CHECKPOINT_FILE = "ranker.pt"
 
 
 @dataclass
 class TrainConfig:
-    features: str = "id+text"  # "id": ID-only baseline; "id+text": IDs + item representation
+    features: str = "id+text"  # "id": ID-only baseline; "id+<kind>": IDs + a representation
     epochs: int = 20  # upper bound; early stopping usually ends sooner
     patience: int = 2  # epochs without validation AUC gain before stopping
     batch_size: int = 512
@@ -81,16 +82,15 @@ def train_ranker(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """`on_epoch(row)` after each epoch's validation; `on_batch(done, total)` for progress bars."""
-    if cfg.features not in FEATURE_SETS:
-        raise ValueError(f"features must be one of {FEATURE_SETS}, got {cfg.features!r}")
+    kind = representation_kind(cfg.features)  # None for "id"; raises on unknown sets
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rcfg = cfg.ranker
     rcfg.n_items = data.n_items
     reps = None
-    if cfg.features == "id+text":
+    if kind is not None:
         if representations is None:
-            raise ValueError("features 'id+text' needs item representations: run `reaseq encode`")
+            raise ValueError(f"features {cfg.features!r} need the '{kind}' item representation")
         reps = torch.from_numpy(np.asarray(representations, dtype=np.float32))
         rcfg.rep_in_dim = reps.shape[1]
     else:

@@ -19,3 +19,12 @@ def test_unknown_keys_are_errors(tmp_path) -> None:
     bad.write_text("[train.ranker]\nattenton = 'din'\n")
     with pytest.raises(ValueError, match="unknown key 'attenton'"):
         load_pipeline_config(bad)
+
+
+def test_feature_sets_name_registered_representations() -> None:
+    from reaseq.offline.representations import representation_kind
+
+    assert representation_kind("id") is None
+    assert representation_kind("id+text") == "text"
+    with pytest.raises(ValueError, match="known: id, id\\+text"):
+        representation_kind("id+makr")  # until MAKR registers it
