@@ -143,15 +143,19 @@ class Ranker:
             started = time.perf_counter()
             try:
                 candidate = await self.source.load(target, self._make_backend)
-                await self._warm_up(candidate)
             except (ReleaseCheckError, ModelBackendError, ValueError) as err:
-                self._refused.add(target)
-                self._last_problem = f"release {target} refused: {err}"
-                metrics.RELEASES_REFUSED.inc()
-                log.error("refused release %s: %s; still serving %s", target, err, current)
+                self._refuse(target, err, current)
                 return False
-            # mark first, so no publisher's GC removes what we are about to serve
-            await self.source.mark_in_use(self.instance, target)
+            try:
+                await self._warm_up(candidate)
+                # mark first, so no publisher's GC removes what we are about to serve
+                await self.source.mark_in_use(self.instance, target)
+            except Exception as err:
+                await candidate.close()  # never switched to: free its model and workers
+                if isinstance(err, ReleaseCheckError | ModelBackendError | ValueError):
+                    self._refuse(target, err, current)
+                    return False
+                raise
             # requests that started on the previous release hold their own reference to it and
             # finish on it; its ONNX session and mmaps are freed when the last of them is done
             previous, self._active = self._active, candidate
@@ -162,6 +166,12 @@ class Ranker:
             metrics.record_switch(*candidate.versions, seconds=time.perf_counter() - started)
             log.info("switched release %s -> %s", current, target)
             return True
+
+    def _refuse(self, target: str, err: Exception, current: str | None) -> None:
+        self._refused.add(target)
+        self._last_problem = f"release {target} refused: {err}"
+        metrics.RELEASES_REFUSED.inc()
+        log.error("refused release %s: %s; still serving %s", target, err, current)
 
     def _make_backend(self, model_bytes: bytes) -> ModelBackend:
         onnx = OnnxRuntimeBackend(model_bytes, self.settings.onnx_intra_op_threads)
