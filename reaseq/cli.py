@@ -301,12 +301,13 @@ def bench(
 ) -> None:
     """p50/p99 latency and throughput of Rank against a running service (ids from the active
     release, so every candidate and behavior is a real item)."""
-    from reaseq.service.bench import bench_grpc, bench_http
+    from reaseq.service.bench import bench as run_bench
+    from reaseq.service.bench import format_report
 
     user_ids, item_ids = _release_ids(_settings(store, releases_dir, redis_url))
-    runner = bench_grpc if transport == "grpc" else bench_http
     stats = asyncio.run(
-        runner(
+        run_bench(
+            transport,
             target,
             user_ids,
             item_ids,
@@ -316,7 +317,8 @@ def bench(
             concurrency=concurrency,
         )
     )
-    console.print_json(json.dumps(stats))
+    console.print(format_report(stats))
+    print(json.dumps(stats))
 
 
 @app.command("bench-switch")

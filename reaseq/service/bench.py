@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from time import perf_counter
 from typing import Any
 
@@ -106,7 +107,36 @@ async def _run(
     }
 
 
-async def bench_grpc(
+@asynccontextmanager
+async def _rank_caller(
+    transport: str, target: str, concurrency: int
+) -> AsyncIterator[Callable[[dict[str, Any]], Awaitable[Any]]]:
+    """A function sending one Rank request over gRPC (one aio channel) or HTTP (one pooled
+    client), returning the reply; errors raise."""
+    if transport == "grpc":
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = ranking_pb2_grpc.RankingServiceStub(channel)
+
+            async def call_grpc(body: dict[str, Any]) -> Any:
+                return await stub.Rank(ranking_pb2.RankRequest(**body), timeout=CALL_TIMEOUT_S)
+
+            yield call_grpc
+    elif transport == "http":
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=target, limits=limits, timeout=CALL_TIMEOUT_S) as c:
+
+            async def call_http(body: dict[str, Any]) -> Any:
+                response = await c.post("/v1/rank", json=body)
+                response.raise_for_status()
+                return response.json()
+
+            yield call_http
+    else:
+        raise ValueError(f"transport must be grpc or http, got {transport!r}")
+
+
+async def bench(
+    transport: str,
     target: str,
     user_ids: list[str],
     item_ids: list[str],
@@ -116,51 +146,12 @@ async def bench_grpc(
     concurrency: int = 8,
     warmup: int = 100,
     seed: int = 0,
-    print_report: bool = False,
 ) -> dict[str, Any]:
-    """Benchmark `RankingService/Rank` at `target` (host:port) over one grpc.aio channel."""
+    """Benchmark Rank at `target` (gRPC host:port, or HTTP base URL)."""
     bodies = _make_requests(user_ids, item_ids, n_candidates, n_recent, warmup + requests, seed)
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = ranking_pb2_grpc.RankingServiceStub(channel)
-
-        async def call(body: dict[str, Any]) -> None:
-            await stub.Rank(ranking_pb2.RankRequest(**body), timeout=CALL_TIMEOUT_S)
-
-        report = {"transport": "grpc", "target": target}
-        report |= await _run(call, bodies, warmup, concurrency)
-    if print_report:
-        print(format_report(report))
-    return report
-
-
-async def bench_http(
-    base_url: str,
-    user_ids: list[str],
-    item_ids: list[str],
-    n_candidates: int = 200,
-    n_recent: int = 100,
-    requests: int = 2000,
-    concurrency: int = 8,
-    warmup: int = 100,
-    seed: int = 0,
-    print_report: bool = False,
-) -> dict[str, Any]:
-    """Benchmark `POST /v1/rank` at `base_url` with one pooled httpx.AsyncClient."""
-    bodies = _make_requests(user_ids, item_ids, n_candidates, n_recent, warmup + requests, seed)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(
-        base_url=base_url, limits=limits, timeout=CALL_TIMEOUT_S
-    ) as client:
-
-        async def call(body: dict[str, Any]) -> None:
-            response = await client.post("/v1/rank", json=body)
-            response.raise_for_status()
-
-        report = {"transport": "http", "target": base_url}
-        report |= await _run(call, bodies, warmup, concurrency)
-    if print_report:
-        print(format_report(report))
-    return report
+    async with _rank_caller(transport, target, concurrency) as call:
+        report = {"transport": transport, "target": target}
+        return report | await _run(call, bodies, warmup, concurrency)
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -198,8 +189,7 @@ async def bench_switch(
     t0 = perf_counter()
     switched_at: list[float] = []
 
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = ranking_pb2_grpc.RankingServiceStub(channel)
+    async with _rank_caller("grpc", target, concurrency) as call:
 
         async def worker(offset: int) -> None:
             k = offset
@@ -208,7 +198,7 @@ async def bench_switch(
                 k += concurrency
                 start = perf_counter()
                 try:
-                    reply = await stub.Rank(ranking_pb2.RankRequest(**body), timeout=CALL_TIMEOUT_S)
+                    reply = await call(body)
                     records.append((start - t0, perf_counter() - start, reply.release))
                 except grpc.aio.AioRpcError as exc:
                     errors.append(f"{exc.code().name}: {exc.details()}"[:200])
@@ -231,7 +221,8 @@ async def bench_switch(
         ms = sorted(lat * 1000 for _, lat, _ in rows)
         return {"n": len(ms), "p50_ms": _percentile(ms, 50), "p99_ms": _percentile(ms, 99)}
 
-    steady = summary([r for r in records if 1.0 <= r[0] < t_switch])
+    warmup_s = min(1.0, t_switch / 2)  # the first moments of load are not steady state
+    steady = summary([r for r in records if warmup_s <= r[0] < t_switch])
     window = summary([r for r in records if t_switch <= r[0] < window_end])
     after = summary([r for r in records if r[0] >= window_end])
     return {
