@@ -64,7 +64,9 @@ def _clear_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def _publisher(settings: ServiceSettings, verbose: bool = False, batch_size: int = 500):
+def _publisher(
+    settings: ServiceSettings, verbose: bool = False, batch_size: int = 500, pause_ms: int = 0
+):
     from reaseq.core.keys import KeySchema
     from reaseq.offline.publish import EmbeddedPublisher, RedisPublisher
 
@@ -74,13 +76,22 @@ def _publisher(settings: ServiceSettings, verbose: bool = False, batch_size: int
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
         client = redis.Redis.from_url(settings.redis_url, password=password, socket_timeout=10)
         keys = KeySchema(settings.redis_namespace)
-        return RedisPublisher(client, keys, _step(verbose), batch_size)
-    return EmbeddedPublisher(settings.releases_dir, _step(verbose))
+        return RedisPublisher(client, keys, _step(verbose, pause_ms), batch_size)
+    return EmbeddedPublisher(settings.releases_dir, _step(verbose, pause_ms))
 
 
-def _step(verbose: bool):
-    """Publish steps as plain lines on stdout (flushed), for operators and tests."""
-    return (lambda msg: print(f"publish: {msg}", flush=True)) if verbose else (lambda _msg: None)
+def _step(verbose: bool, pause_ms: int):
+    """After each publish step: print it (flushed) if verbose, then pause if asked (throttles
+    writes into a busy production store; tests use it to stop a publisher at a chosen step)."""
+    import time
+
+    def step(msg: str) -> None:
+        if verbose:
+            print(f"publish: {msg}", flush=True)
+        if pause_ms:
+            time.sleep(pause_ms / 1000)
+
+    return step
 
 
 @app.command()
@@ -178,11 +189,12 @@ def publish_cmd(
     keep: KeepOpt = 3,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="print each step")] = False,
     batch_size: Annotated[int, typer.Option(help="Redis: keys per pipelined write")] = 500,
+    pause_ms: Annotated[int, typer.Option(help="pause after each step (throttle)")] = 0,
 ) -> None:
     """Write a release to the store, verify it, then switch the active pointer atomically."""
     settings = _settings(store, releases_dir, redis_url)
     with _clear_errors():
-        publisher = _publisher(settings, verbose, batch_size)
+        publisher = _publisher(settings, verbose, batch_size, pause_ms)
         release = publisher.publish(release_dir, activate=activate, keep=keep)
     console.print(f"published release [bold]{release}[/] to {settings.store}")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,11 +105,11 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def mark_in_use(releases_dir: Path, instance: str, release: str) -> None:
-    """Embedded store: tell publishers' GC that this instance still serves `release`."""
+def mark_in_use(releases_dir: Path, instance: str, releases: Iterable[str]) -> None:
+    """Embedded store: tell publishers' GC which releases this instance still serves from."""
     folder = releases_dir / IN_USE_DIR
     folder.mkdir(exist_ok=True)
-    write_atomic(folder / instance, release.encode())
+    write_atomic(folder / instance, " ".join(sorted(releases)).encode())
 
 
 def clear_in_use(releases_dir: Path, instance: str) -> None:
@@ -124,7 +125,7 @@ def releases_in_use(releases_dir: Path, now: float | None = None) -> set[str]:
     for marker in (releases_dir / IN_USE_DIR).glob("*"):
         try:
             if now - marker.stat().st_mtime < IN_USE_TTL_S:
-                found.add(marker.read_text().strip())
+                found.update(marker.read_text().split())
         except FileNotFoundError:
             continue
     return found

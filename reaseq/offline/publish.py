@@ -244,7 +244,8 @@ class RedisPublisher:
     def in_use(self) -> set[str]:
         """Releases held by running service instances (markers with a TTL)."""
         names = list(self.client.scan_iter(match=self.keys.in_use_pattern, count=1000))
-        return {v.decode() for v in self.client.mget(names) if v} if names else set()
+        values = self.client.mget(names) if names else []
+        return {release for v in values if v for release in v.decode().split()}
 
     def gc(self, keep: int) -> list[str]:
         """Remove all but the newest `keep` releases; never the active one or one in use."""

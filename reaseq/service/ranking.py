@@ -81,7 +81,7 @@ class Ranker:
         self._refused: set[str] = set()  # releases that failed their checks (not retried)
         self._poller: asyncio.Task | None = None
         self._refresh_lock = asyncio.Lock()
-        self._retiring: set[asyncio.Task] = set()  # previous releases draining after a switch
+        self._retiring: dict[asyncio.Task, str] = {}  # previous releases draining after a switch
         self._last_problem: str | None = None  # why the last pointer check / load failed
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -126,7 +126,7 @@ class Ranker:
             try:
                 await self.refresh()
                 if self._active is not None:
-                    await self.source.mark_in_use(self.instance, self._active.manifest.release)
+                    await self.source.mark_in_use(self.instance, self._held())
             except ReaseqError as err:
                 self._last_problem = err.message
                 log.warning("release pointer check failed: %s", err.message)
@@ -149,7 +149,7 @@ class Ranker:
             try:
                 await self._warm_up(candidate)
                 # mark first, so no publisher's GC removes what we are about to serve
-                await self.source.mark_in_use(self.instance, target)
+                await self.source.mark_in_use(self.instance, {*self._held(), target})
             except Exception as err:
                 await candidate.close()  # never switched to: free its model and workers
                 if isinstance(err, ReleaseCheckError | ModelBackendError | ValueError):
@@ -161,11 +161,17 @@ class Ranker:
             previous, self._active = self._active, candidate
             self._last_problem = None
             if previous is not None:  # drains its in-flight requests, then frees its workers
-                self._retiring.add(asyncio.create_task(previous.close()))
-                self._retiring = {t for t in self._retiring if not t.done()}
+                drain = asyncio.create_task(previous.drain_and_close())
+                self._retiring[drain] = previous.manifest.release
             metrics.record_switch(*candidate.versions, seconds=time.perf_counter() - started)
             log.info("switched release %s -> %s", current, target)
             return True
+
+    def _held(self) -> set[str]:
+        """Releases this instance still reads from: the active one and those still draining."""
+        self._retiring = {t: r for t, r in self._retiring.items() if not t.done()}
+        active = {self._active.manifest.release} if self._active else set()
+        return active | set(self._retiring.values())
 
     def _refuse(self, target: str, err: Exception, current: str | None) -> None:
         self._refused.add(target)
@@ -211,6 +217,15 @@ class Ranker:
         release = self._active  # this request finishes on this release, whatever switches later
         if release is None:
             raise self._not_ready()
+        release.in_flight += 1  # held until done: a switch waits for it before freeing
+        try:
+            return await self._rank_on(release, query, started)
+        finally:
+            release.in_flight -= 1
+
+    async def _rank_on(
+        self, release: LoadedRelease, query: RankQuery, started: float
+    ) -> RankResult:
         deadline = started + query.deadline_ms / 1000 if query.deadline_ms else None
 
         n_cand = len(query.candidate_item_ids)

@@ -6,9 +6,10 @@ A loaded release is a model backend and a feature view that were checked against
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,9 +51,19 @@ class LoadedRelease:
         m = self.manifest
         return m.release, m.model_version, m.feature_version
 
+    in_flight: int = 0  # requests that started on this release and have not finished
+
     async def close(self) -> None:
         await self.model.close()
         await self.features.close()
+
+    async def drain_and_close(self, timeout_s: float = 30.0) -> None:
+        """After a switch: let requests that started here finish, then free the release."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        await self.close()
 
 
 def load_model(
@@ -80,8 +91,9 @@ class ReleaseSource(ABC):
         """Load and check a release; raise ReleaseCheckError if it must not be served."""
 
     @abstractmethod
-    async def mark_in_use(self, instance: str, release: str) -> None:
-        """Tell publishers' GC that this instance still serves `release` (refreshed by polling)."""
+    async def mark_in_use(self, instance: str, releases: Iterable[str]) -> None:
+        """Tell publishers' GC which releases this instance still serves from (the active one and
+        any still draining after a switch); refreshed by polling, expires if the instance dies."""
 
     @abstractmethod
     async def clear_in_use(self, instance: str) -> None: ...
@@ -105,8 +117,8 @@ class EmbeddedReleaseSource(ReleaseSource):
             return None
         return text.strip() or None
 
-    async def mark_in_use(self, instance: str, release: str) -> None:
-        await anyio.to_thread.run_sync(mark_in_use, self.releases_dir, instance, release)
+    async def mark_in_use(self, instance: str, releases: Iterable[str]) -> None:
+        await anyio.to_thread.run_sync(mark_in_use, self.releases_dir, instance, list(releases))
 
     async def clear_in_use(self, instance: str) -> None:
         await anyio.to_thread.run_sync(clear_in_use, self.releases_dir, instance)
@@ -141,9 +153,10 @@ class RedisReleaseSource(ReleaseSource):
             raise FeatureStoreUnavailable(f"cannot read the active release pointer: {err}") from err
         return value.decode() if value else None
 
-    async def mark_in_use(self, instance: str, release: str) -> None:
+    async def mark_in_use(self, instance: str, releases: Iterable[str]) -> None:
+        value = " ".join(sorted(releases))
         try:
-            await self.client.set(self.keys.in_use(instance), release, ex=IN_USE_TTL_S)
+            await self.client.set(self.keys.in_use(instance), value, ex=IN_USE_TTL_S)
         except (RedisError, OSError, TimeoutError) as err:
             raise FeatureStoreUnavailable(f"cannot write the in-use marker: {err}") from err
 

@@ -1,8 +1,9 @@
 """`kill -9` of the publisher at random points never leaves the active pointer naming an
 incomplete release, and a rerun completes (real processes, real Redis and files).
 
-The publisher prints each step (`--verbose`); a kill lands right after a randomly chosen step,
-so the kills hit the write, verify and switch phases rather than only process start-up."""
+The publisher prints each step (`--verbose`) and pauses after it (`--pause-ms`); the test kills
+it right after a randomly chosen step, inside that pause, so the kills land in the write, verify
+and switch phases at known points rather than only during process start-up."""
 
 from __future__ import annotations
 
@@ -52,18 +53,9 @@ def test_kill_9_at_random_points(
         publisher = EmbeddedPublisher(tmp_path / "releases")
     first = publisher.publish(pipeline_run.release_dir)
     second = read_manifest(second_release).release
-    cmd = [
-        sys.executable,
-        "-m",
-        "reaseq.cli",
-        "publish",
-        str(second_release),
-        "--store",
-        store,
-        "--verbose",
-        "--batch-size",
-        "40",
-    ]
+    base = [sys.executable, "-m", "reaseq.cli", "publish", str(second_release)]
+    base += ["--store", store, "--verbose", "--batch-size", "40"]
+    cmd = [*base, "--pause-ms", "500"]  # time to kill it right after each step
 
     def forget_second() -> None:
         publisher.activate(first)
@@ -73,13 +65,15 @@ def test_kill_9_at_random_points(
         else:
             shutil.rmtree(tmp_path / "releases" / second, ignore_errors=True)
 
-    all_steps = kill_after_step(cmd, env, step=10_000)  # a full run: learn its steps
+    all_steps = kill_after_step(base, env, step=10_000)  # a full run: learn its steps
     assert all_steps[-1] == f"publish: activated {second}"
+    completes_at = all_steps.index("publish: complete") + 1  # step number that marks it complete
     forget_second()
 
     rng = random.Random(7)
+    steps = sorted(rng.sample(range(1, len(all_steps)), k=min(6, len(all_steps) - 1)))
     mid_write = 0
-    for step in sorted(rng.sample(range(1, len(all_steps)), k=min(8, len(all_steps) - 1))):
+    for step in steps:
         seen = kill_after_step(cmd, env, step)
         active = publisher.active()
         complete = {m.release for m in publisher.complete()}
@@ -87,14 +81,14 @@ def test_kill_9_at_random_points(
         if store == "embedded":
             folder = tmp_path / "releases" / active
             verify_release_files(folder, read_manifest(folder))
-        if second not in complete:
-            assert active == first
+        if step < completes_at:  # killed before the completion mark: never complete or active
+            assert second not in complete and active == first
             mid_write += 1
         forget_second()
-    assert mid_write >= 3, "too few kills landed before the release was complete"
+    assert mid_write >= 3, f"kills after steps {steps}: too few before completion"
 
     kill_after_step(cmd, env, step=3)  # leave leftovers, then a rerun completes
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    subprocess.run(base, env=env, check=True, capture_output=True)
     assert publisher.active() == second
     assert {first, second} <= {m.release for m in publisher.complete()}
     if store == "embedded":

@@ -178,8 +178,12 @@ async def test_live_switch_under_load_never_mixes_releases(
     query = RankQuery(user, items, recent_item_ids=items[:2])
     results, errors, spans = [], [], []
 
+    done = asyncio.Event()
+
     async def client() -> None:
-        for _ in range(80):
+        # until the new release has answered for a while (bounded, so a bug cannot hang CI)
+        deadline = time.monotonic() + 30
+        while not done.is_set() and time.monotonic() < deadline:
             started = time.perf_counter()
             try:
                 results.append(await ranker.rank(query))
@@ -191,6 +195,11 @@ async def test_live_switch_under_load_never_mixes_releases(
     async def switch() -> None:
         await asyncio.sleep(0.1)
         await asyncio.to_thread(publisher.publish, second_release)
+        deadline = time.monotonic() + 25
+        while ranker.active_versions()[0] != "second-release" and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # keep the load on across and after the switch
+        done.set()
 
     try:
         await asyncio.gather(*(client() for _ in range(4)), switch())
@@ -240,14 +249,20 @@ async def test_corrupt_release_is_refused_and_old_one_keeps_serving(
 
 
 async def test_gc_never_removes_the_release_a_service_holds(
-    ranker: Ranker, releases_dir: Path, second_release: Path
+    service_settings, releases_dir: Path, second_release: Path
 ) -> None:
-    first = ranker.active_versions()[0]
-    publisher = EmbeddedPublisher(releases_dir)
-    publisher.publish(second_release, activate=True, keep=1)  # the ranker has not switched yet
-    assert (releases_dir / first).is_dir(), "GC removed the release a running service holds"
-    assert await ranker.refresh() is True
-    assert publisher.gc(keep=1) == [first]  # now nobody holds it
+    ranker = await Ranker.open(service_settings, follow=False)  # switches only when told
+    try:
+        first = ranker.active_versions()[0]
+        publisher = EmbeddedPublisher(releases_dir)
+        publisher.publish(second_release, activate=True, keep=1)  # not switched yet
+        assert (releases_dir / first).is_dir(), "GC removed the release a running service holds"
+        assert await ranker.refresh() is True
+        await asyncio.gather(*ranker._retiring)  # the old release has drained
+        await ranker.source.mark_in_use(ranker.instance, ranker._held())
+        assert publisher.gc(keep=1) == [first]  # now nobody holds it
+    finally:
+        await ranker.close()
 
 
 async def test_request_deadline_cuts_a_slow_store_read(
