@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 FEATURES_DIR = "features"
 ACTIVE_FILE = "ACTIVE"
+HISTORY_FILE = "HISTORY"  # activated release ids, one per line, newest last
 IN_USE_DIR = ".in-use"  # one file per running service instance naming the release it holds
 IN_USE_TTL_S = 60  # a marker older than this is stale (its service died); GC may ignore it
 RELEASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -65,6 +66,9 @@ class ReleaseManifest(BaseModel):
     n_behaviors: int = Field(ge=0)
     model_sha256: str
     snapshot_sha256: str  # hash over the snapshot files' hashes, in SNAPSHOT_FILES order
+    # sha256 over every published value in canonical order (reaseq/core/values.py), recorded by
+    # `publish`; loading recomputes it from the store, so a value changed in Redis is refused
+    values_sha256: str | None = None
     files: dict[str, str]  # relative path -> sha256, model and snapshot files
     code_version: str
     dataset: str
@@ -137,6 +141,18 @@ def read_manifest(release_dir: Path) -> ReleaseManifest:
 
 class ReleaseCheckError(ValueError):
     """A release whose files do not match its manifest; it must not be served."""
+
+
+def manifest_problem(err: Exception) -> str:
+    """One line on why a manifest cannot be read: the first field pydantic rejects, or the file
+    system's reason, without parser internals (it is shown in `release list` and `/readyz`)."""
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "the document"
+        return f"manifest is unreadable: {where}: {first.get('msg', 'invalid')}"
+    if isinstance(err, OSError):
+        return f"manifest is unreadable: {err.strerror or 'cannot read the file'}"
+    return "manifest is unreadable"
 
 
 def verify_release_files(release_dir: Path, manifest: ReleaseManifest) -> None:

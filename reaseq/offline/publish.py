@@ -14,33 +14,38 @@ A rerun finds leftovers of an interrupted run, removes them and publishes again.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import redis
 
-from reaseq.core.codec import encode_behaviors, encode_vector
 from reaseq.core.keys import KeySchema
 from reaseq.core.release import (
     ACTIVE_FILE,
+    HISTORY_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
     ReleaseCheckError,
     ReleaseManifest,
     Snapshot,
     check_release_id,
+    manifest_problem,
     read_manifest,
     releases_in_use,
+    sha256_bytes,
     verify_release_files,
     write_atomic,
 )
-
-HISTORY_FILE = "HISTORY"  # embedded: one activated release id per line, newest last
+from reaseq.core.values import (
+    ValueVerifier,
+    batched,
+    canonical_names,
+    snapshot_values,
+    verify_snapshot_values,
+)
 
 
 @dataclass
@@ -50,6 +55,30 @@ class ReleaseInfo:
     model_version: str
     feature_version: str
     active: bool
+    problem: str | None = None  # why the release cannot be read (its other fields are blank)
+
+
+@dataclass
+class Listed:
+    """One kept release as a store lists it: its manifest, or why it could not be read."""
+
+    release: str
+    manifest: ReleaseManifest | None
+    problem: str | None = None
+
+
+def seal(source: Path) -> ReleaseManifest:
+    """The export's manifest with the values digest this publish records, after checking every
+    file hash and every value (lengths, headers, NaN/Inf): a bad export is never published."""
+    manifest = read_manifest(source)
+    check_release_id(manifest.release)
+    verify_release_files(source, manifest)
+    snapshot = Snapshot.open(source)
+    snapshot.check_against(manifest)
+    digest = verify_snapshot_values(snapshot, manifest, check_digest=False)
+    if manifest.values_sha256 and manifest.values_sha256 != digest:
+        raise ReleaseCheckError(f"release {manifest.release}: values digest does not match")
+    return manifest.model_copy(update={"values_sha256": digest})
 
 
 # --- embedded store: release folders -------------------------------------------------------
@@ -71,25 +100,32 @@ class EmbeddedPublisher:
         pointer = self.dir / ACTIVE_FILE
         return pointer.read_text().strip() or None if pointer.exists() else None
 
-    def complete(self) -> list[ReleaseManifest]:
-        """Complete releases (folder renamed into place), oldest first."""
-        found = []
+    def listing(self) -> list[Listed]:
+        """Complete releases (folder renamed into place), oldest first; one whose manifest cannot
+        be read is listed with the reason (first, so GC removes it first), never fatal."""
+        found: list[Listed] = []
         for folder in self.dir.iterdir():
             if (
-                folder.is_dir()
-                and not folder.name.startswith(".")
-                and (folder / MANIFEST_FILE).exists()
+                not folder.is_dir()
+                or folder.name.startswith(".")
+                or not (folder / MANIFEST_FILE).exists()
             ):
-                found.append(read_manifest(folder))
-        return sorted(found, key=lambda m: (m.created_at, m.release))
+                continue
+            try:
+                found.append(Listed(folder.name, read_manifest(folder)))
+            except (OSError, ValueError) as err:
+                found.append(Listed(folder.name, None, manifest_problem(err)))
+        return sorted(found, key=lambda e: (e.manifest is not None, _created(e), e.release))
+
+    def complete(self) -> list[ReleaseManifest]:
+        return [e.manifest for e in self.listing() if e.manifest is not None]
 
     def publish(self, source: Path, activate: bool = True, keep: int = 3) -> str:
-        manifest = read_manifest(source)
-        release = check_release_id(manifest.release)
-        verify_release_files(source, manifest)
+        manifest = seal(source)
+        release = manifest.release
         final = self.dir / release
         if final.exists():
-            verify_release_files(final, read_manifest(final))
+            self.verify(release)
         else:
             for stale in self.dir.glob(f".tmp-{release}-*"):
                 shutil.rmtree(stale, ignore_errors=True)
@@ -100,7 +136,9 @@ class EmbeddedPublisher:
                 self.step(f"copied {Path(src).relative_to(source)}")
 
             shutil.copytree(source, staging, copy_function=copy)
+            write_atomic(staging / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
             verify_release_files(staging, manifest)
+            verify_snapshot_values(Snapshot.open(staging), manifest)
             self.step("verified")
             os.replace(staging, final)
             self.step("complete")
@@ -109,11 +147,24 @@ class EmbeddedPublisher:
         self.gc(keep)
         return release
 
-    def activate(self, release: str) -> None:
+    def verify(self, release: str) -> ReleaseManifest:
+        """Everything the service checks before serving: files, shapes, every value."""
         folder = self.dir / check_release_id(release)
         if not (folder / MANIFEST_FILE).exists():
             raise ReleaseCheckError(f"release {release} is not a complete release in {self.dir}")
-        verify_release_files(folder, read_manifest(folder))
+        try:
+            manifest = read_manifest(folder)
+        except (OSError, ValueError) as err:
+            raise ReleaseCheckError(f"release {release}: {manifest_problem(err)}") from None
+        verify_release_files(folder, manifest)
+        snapshot = Snapshot.open(folder)
+        snapshot.check_against(manifest)
+        verify_snapshot_values(snapshot, manifest)
+        return manifest
+
+    def activate(self, release: str) -> None:
+        """Verify, then move the pointer: a release that would be refused is never named."""
+        self.verify(release)
         write_atomic(self.dir / ACTIVE_FILE, release.encode())
         with (self.dir / HISTORY_FILE).open("a") as fh:
             fh.write(release + "\n")
@@ -129,7 +180,7 @@ class EmbeddedPublisher:
     def gc(self, keep: int) -> list[str]:
         """Remove all but the newest `keep` releases; never the active one or one in use."""
         protected = {self.active(), *self.in_use()}
-        complete = [m.release for m in self.complete()]
+        complete = [e.release for e in self.listing()]
         removable = [r for r in complete[: max(len(complete) - keep, 0)] if r not in protected]
         for release in removable:
             shutil.rmtree(self.dir / release)
@@ -140,25 +191,11 @@ class EmbeddedPublisher:
 
 
 def iter_release_values(source: Path, keys: KeySchema, release: str) -> Iterator[tuple[str, bytes]]:
-    """Every key and value of a release, in a fixed order (used to write and to verify)."""
-    snapshot = Snapshot.open(source)
+    """Every key and value of a release: the model, then the values in canonical order."""
     yield keys.model(release), (source / MODEL_FILE).read_bytes()
-    yield keys.default_item(release), encode_vector(snapshot.default_item_vector)
-    for item_id, vector in zip(snapshot.item_ids.tolist(), snapshot.item_vectors, strict=True):
-        yield keys.item(release, item_id), encode_vector(vector)
-    for row, user_id in enumerate(snapshot.user_ids.tolist()):
-        yield keys.user(release, user_id), encode_behaviors(np.asarray(snapshot.behaviors_of(row)))
-
-
-def _batches(items: Iterator[tuple[str, bytes]], size: int) -> Iterator[list[tuple[str, bytes]]]:
-    batch: list[tuple[str, bytes]] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    prefix = keys.prefix(release)
+    for name, value in snapshot_values(Snapshot.open(source)):
+        yield prefix + name.decode(), value
 
 
 class RedisPublisher:
@@ -172,10 +209,23 @@ class RedisPublisher:
         value = self.client.get(self.keys.active)
         return value.decode() if value else None
 
-    def complete(self) -> list[ReleaseManifest]:
+    def listing(self) -> list[Listed]:
+        """Complete releases, oldest first; an unreadable manifest is listed with the reason."""
         names = [r.decode() for r in self.client.zrange(self.keys.releases, 0, -1)]
         raw = self.client.mget([self.keys.manifest(r) for r in names]) if names else []
-        return [ReleaseManifest.model_validate_json(m) for m in raw if m is not None]
+        found = []
+        for release, value in zip(names, raw, strict=True):
+            if value is None:
+                found.append(Listed(release, None, "manifest key is missing"))
+                continue
+            try:
+                found.append(Listed(release, ReleaseManifest.model_validate_json(value)))
+            except ValueError as err:
+                found.append(Listed(release, None, manifest_problem(err)))
+        return found
+
+    def complete(self) -> list[ReleaseManifest]:
+        return [e.manifest for e in self.listing() if e.manifest is not None]
 
     def delete_release_keys(self, release: str) -> int:
         deleted = 0
@@ -190,22 +240,20 @@ class RedisPublisher:
         return deleted
 
     def publish(self, source: Path, activate: bool = True, keep: int = 3) -> str:
-        manifest = read_manifest(source)
-        release = check_release_id(manifest.release)
-        verify_release_files(source, manifest)
+        manifest = seal(source)
+        release = manifest.release
         if self.client.zscore(self.keys.releases, release) is None:
             self.delete_release_keys(release)  # leftovers of an interrupted publish
-            written, n_keys = hashlib.sha256(), 0
+            n_keys = 0
             values = iter_release_values(source, self.keys, release)
-            for batch in _batches(values, self.batch_size):
+            for batch in batched(values, self.batch_size):
                 pipe = self.client.pipeline(transaction=False)
                 for key, value in batch:
                     pipe.set(key, value)
-                    written.update(value)
                 pipe.execute()
                 n_keys += len(batch)
                 self.step(f"wrote {n_keys} keys")
-            self._verify(source, release, written.hexdigest())
+            self._verify_written(manifest)  # read back: model hash, every value, the digest
             self.step("verified")
             self.client.set(self.keys.manifest(release), manifest.model_dump_json())
             score = dt.datetime.fromisoformat(manifest.created_at).timestamp()
@@ -216,22 +264,37 @@ class RedisPublisher:
         self.gc(keep)
         return release
 
-    def _verify(self, source: Path, release: str, expected: str) -> None:
-        """Read everything back and compare with what was written (hash over all values)."""
-        readback = hashlib.sha256()
-        for batch in _batches(iter_release_values(source, self.keys, release), self.batch_size):
-            for (key, _), value in zip(batch, self.client.mget([k for k, _ in batch]), strict=True):
-                if value is None:
-                    raise ReleaseCheckError(f"release {release}: {key} missing after write")
-                readback.update(value)
-        if readback.hexdigest() != expected:
-            raise ReleaseCheckError(
-                f"release {release}: values read back differ from those written"
+    def _verify_written(self, manifest: ReleaseManifest) -> None:
+        release = manifest.release
+        model = self.client.get(self.keys.model(release))
+        if model is None or sha256_bytes(model) != manifest.model_sha256:
+            raise ReleaseCheckError(f"release {release}: model in Redis does not match its hash")
+        prefix = self.keys.prefix(release).encode()
+        keys = self.client.scan_iter(match=self.keys.prefix(release) + "*", count=1000)
+        verifier = ValueVerifier(manifest)
+        for names in batched(canonical_names(keys, prefix), self.batch_size):
+            verifier.feed(
+                list(zip(names, self.client.mget([prefix + n for n in names]), strict=True))
             )
+        verifier.finish()
+
+    def verify(self, release: str) -> ReleaseManifest:
+        """Everything the service checks before serving: manifest, model hash, every value."""
+        if self.client.zscore(self.keys.releases, check_release_id(release)) is None:
+            raise ReleaseCheckError(f"release {release} is not a complete release in Redis")
+        raw = self.client.get(self.keys.manifest(release))
+        if raw is None:
+            raise ReleaseCheckError(f"release {release}: manifest key is missing")
+        try:
+            manifest = ReleaseManifest.model_validate_json(raw)
+        except ValueError as err:
+            raise ReleaseCheckError(f"release {release}: {manifest_problem(err)}") from None
+        self._verify_written(manifest)
+        return manifest
 
     def activate(self, release: str) -> None:
-        if self.client.zscore(self.keys.releases, release) is None:
-            raise ReleaseCheckError(f"release {release} is not a complete release in Redis")
+        """Verify, then move the pointer: a release that would be refused is never named."""
+        self.verify(release)
         pipe = self.client.pipeline(transaction=True)
         pipe.set(self.keys.active, release)
         pipe.rpush(self.keys.history, release)
@@ -250,7 +313,7 @@ class RedisPublisher:
     def gc(self, keep: int) -> list[str]:
         """Remove all but the newest `keep` releases; never the active one or one in use."""
         protected = {self.active(), *self.in_use()}
-        complete = [r.decode() for r in self.client.zrange(self.keys.releases, 0, -1)]
+        complete = [e.release for e in self.listing()]
         removable = [r for r in complete[: max(len(complete) - keep, 0)] if r not in protected]
         for release in removable:
             self.client.zrem(self.keys.releases, release)  # first: no longer complete
@@ -268,9 +331,21 @@ def rollback_target(history: list[str], active: str | None, available: set[str])
 
 def describe(publisher: EmbeddedPublisher | RedisPublisher) -> list[ReleaseInfo]:
     active = publisher.active()
-    return [
-        ReleaseInfo(
-            m.release, m.created_at, m.model_version, m.feature_version, m.release == active
-        )
-        for m in publisher.complete()
-    ]
+    infos = []
+    for entry in publisher.listing():
+        m = entry.manifest
+        if m is None:
+            infos.append(
+                ReleaseInfo(entry.release, "", "", "", entry.release == active, entry.problem)
+            )
+        else:
+            infos.append(
+                ReleaseInfo(
+                    m.release, m.created_at, m.model_version, m.feature_version, m.release == active
+                )
+            )
+    return infos
+
+
+def _created(entry: Listed) -> str:
+    return entry.manifest.created_at if entry.manifest else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -19,6 +20,15 @@ import onnxruntime as ort
 from reaseq.core import contract
 from reaseq.service import metrics
 from reaseq.service.errors import ModelBackendUnavailable
+from reaseq.service.logs import log_throttled
+
+log = logging.getLogger(__name__)
+
+
+def _scoring_failed(err: BaseException) -> ModelBackendUnavailable:
+    """Callers hear that scoring failed; what ONNX Runtime said goes to the server log."""
+    log_throttled("onnxruntime", "ONNX Runtime failed while scoring: %s", err)
+    return ModelBackendUnavailable("the model backend failed while scoring; retry")
 
 
 class ModelBackendError(ValueError):
@@ -48,7 +58,8 @@ class OnnxRuntimeBackend(ModelBackend):
                 model_bytes, options, providers=["CPUExecutionProvider"]
             )
         except Exception as err:  # onnxruntime raises its own untyped errors
-            raise ModelBackendError(f"ONNX Runtime cannot load the model: {err}") from err
+            log.warning("ONNX Runtime cannot load a release's model: %s", err)
+            raise ModelBackendError("ONNX Runtime cannot load the model file") from err
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
         missing = [n for n in contract.INPUT_NAMES if n not in inputs]
@@ -77,7 +88,7 @@ class OnnxRuntimeBackend(ModelBackend):
         try:
             return await anyio.to_thread.run_sync(self.score_sync, candidates, behaviors, mask)
         except Exception as err:
-            raise ModelBackendUnavailable(f"ONNX Runtime failed: {err}") from err
+            raise _scoring_failed(err) from err
 
 
 @dataclass
@@ -131,9 +142,7 @@ class MicroBatcher(ModelBackend):
             except Exception as err:
                 for p in batch:
                     if not p.future.done():
-                        p.future.set_exception(
-                            ModelBackendUnavailable(f"ONNX Runtime failed: {err}")
-                        )
+                        p.future.set_exception(_scoring_failed(err))
                 continue
             for p, row in zip(batch, scores, strict=True):
                 if not p.future.done():

@@ -52,9 +52,41 @@ class ModelBackendUnavailable(ReaseqError):
     kind = "model_backend_unavailable"
 
 
+class InvalidModelOutput(ReaseqError):
+    """The model produced a non-finite score (NaN/Inf): never returned to a caller as a score."""
+
+    http_status = 500
+    grpc_code = grpc.StatusCode.INTERNAL
+    kind = "invalid_model_output"
+
+
+class CorruptFeatures(ReaseqError):
+    """A stored feature value does not decode or holds NaN/Inf (changed after it was verified)."""
+
+    http_status = 500
+    grpc_code = grpc.StatusCode.DATA_LOSS
+    kind = "corrupt_features"
+
+
 class DeadlineExceeded(ReaseqError):
     """The request's own deadline passed before scoring finished."""
 
     http_status = 504
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
     kind = "deadline_exceeded"
+
+
+class RequestTooLarge(ReaseqError):
+    """The HTTP body is over `http_max_body_bytes`; refused before it is read, let alone parsed."""
+
+    http_status = 413
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    kind = "request_too_large"
+
+
+class CannotBind(OSError):
+    """A transport could not bind its address at start-up; the message is the whole story."""
+
+
+class PortInUse(CannotBind):
+    """Another process (often a second `reaseq serve`) already listens on the port."""

@@ -1,7 +1,9 @@
 """gRPC transport: `reaseq.v1.RankingService/Rank`, the standard health service, and reflection.
 
 The servicer only converts messages and maps errors; ranking semantics live in the Ranker, shared
-with the HTTP transport.
+with the HTTP transport. Rank takes the request as raw bytes and parses it itself, so bytes that are
+not a RankRequest (or strings that are not UTF-8) are the caller's INVALID_ARGUMENT, counted like
+any bad input, rather than grpcio's UNKNOWN with a logged traceback.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ from time import perf_counter
 from typing import NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from reaseq.service import metrics
-from reaseq.service.errors import ReaseqError
+from reaseq.service.errors import CannotBind, InvalidRequest, ReaseqError
 from reaseq.service.query import RankQuery, RankResult
 from reaseq.service.ranking import Ranker
-from reaseq.v1 import ranking_pb2, ranking_pb2_grpc
+from reaseq.v1 import ranking_pb2
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +51,37 @@ def to_response(result: RankResult) -> ranking_pb2.RankResponse:
     return ranking_pb2.RankResponse(**result.response_fields())
 
 
+def parse_request(data: bytes) -> ranking_pb2.RankRequest:
+    """Wire bytes -> RankRequest; anything unparseable is the caller's InvalidRequest."""
+    try:
+        return ranking_pb2.RankRequest.FromString(data)
+    except DecodeError as err:
+        why = (
+            "a string field is not valid UTF-8"
+            if "UTF-8" in str(err)
+            else "the bytes are not protobuf wire format"
+        )
+        raise InvalidRequest(f"the request is not a valid reaseq.v1.RankRequest: {why}") from None
+
+
 async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, msg: str) -> NoReturn:
     await context.abort(code, msg)
     raise AssertionError("context.abort returned")  # it always raises
 
 
-class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
+class RankingServicer:
     """Converts messages and maps errors; one instance per server, sharing the app's Ranker."""
 
     def __init__(self, ranker: Ranker) -> None:
         self._ranker = ranker
 
     async def Rank(
-        self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext
+        self, data: bytes, context: grpc.aio.ServicerContext
     ) -> ranking_pb2.RankResponse:
+        """`data` is the raw request: parsing here makes a malformed one an ordinary bad input."""
         start = perf_counter()
         try:
+            request = parse_request(data)
             result = await self._ranker.rank(to_query(request, context.time_remaining()))
         except ReaseqError as err:
             metrics.observe_error("grpc", err, perf_counter() - start)
@@ -120,6 +138,18 @@ class ReadinessHealthServicer(health.aio.HealthServicer):
             await self.enter_graceful_shutdown()
 
 
+def add_ranking_service(servicer: RankingServicer, server: grpc.aio.Server) -> None:
+    """Register Rank with no request deserializer (the servicer parses), same method path."""
+    handlers = {
+        "Rank": grpc.unary_unary_rpc_method_handler(
+            servicer.Rank,
+            request_deserializer=None,
+            response_serializer=ranking_pb2.RankResponse.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+
+
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
@@ -129,16 +159,24 @@ def build_grpc_server(ranker: Ranker, host: str, port: int) -> tuple[grpc.aio.Se
 
     Call from inside the running event loop: the health refresher is started as a task on it.
     """
-    server = grpc.aio.server()
-    ranking_pb2_grpc.add_RankingServiceServicer_to_server(RankingServicer(ranker), server)
+    # grpcio sets SO_REUSEPORT by default: a second server on the port would silently take half
+    # the connections. Off, a taken port is a bind error instead.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    add_ranking_service(RankingServicer(ranker), server)
     health_servicer = ReadinessHealthServicer(ranker)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    bound = server.add_insecure_port(_address(host, port))
+    try:
+        bound = server.add_insecure_port(_address(host, port))
+    except RuntimeError:  # grpcio >= 1.66 raises; older versions return 0
+        bound = 0
     if bound == 0:
-        raise OSError(f"gRPC could not bind {_address(host, port)}: is the port already in use?")
+        raise CannotBind(
+            f"gRPC cannot listen on {_address(host, port)}: the port is in use or the address "
+            "is not local"
+        )
     task = asyncio.get_running_loop().create_task(health_servicer.watch_until_stopped(server))
     _background.add(task)
     task.add_done_callback(_background.discard)

@@ -79,6 +79,10 @@ RELEASE_LAST_SWITCH = Gauge(
     "reaseq_release_last_switch_timestamp_seconds",
     "Unix time of the last release switch (time since = time() - this).",
 )
+RELEASE_FALLBACK = Gauge(
+    "reaseq_release_fallback",
+    "1 while the service serves a release other than the one the pointer names (refused).",
+)
 RELEASES_REFUSED = Counter(
     "reaseq_releases_refused", "Published releases refused because they failed their checks."
 )

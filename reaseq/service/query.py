@@ -51,6 +51,12 @@ class RankResult:
 def _check_id(value: object, what: str) -> None:
     if not isinstance(value, str) or not value or not value.strip():
         raise InvalidRequest(f"{what} must be a non-empty string, got {value!r}")
+    try:  # JSON can spell a lone surrogate ("\ud800"); no store key or log line can hold one
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidRequest(
+            f"{what} is not valid UTF-8: it contains a lone surrogate at character {err.start}"
+        ) from None
     if len(value) > MAX_ID_LENGTH:
         raise InvalidRequest(
             f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}"

@@ -28,7 +28,8 @@ from reaseq.service.backend import (
     ModelBackendError,
     OnnxRuntimeBackend,
 )
-from reaseq.service.errors import DeadlineExceeded, NotReady, ReaseqError
+from reaseq.service.errors import DeadlineExceeded, InvalidModelOutput, NotReady, ReaseqError
+from reaseq.service.logs import log_throttled
 from reaseq.service.query import RankLimits, RankQuery, RankResult, validate_query
 from reaseq.service.releases import (
     EmbeddedReleaseSource,
@@ -78,7 +79,8 @@ class Ranker:
         self.settings = settings
         self.limits = RankLimits(settings.max_candidates, settings.max_recent_behaviors)
         self._active: LoadedRelease | None = None
-        self._refused: set[str] = set()  # releases that failed their checks (not retried)
+        self._refusals: dict[str, str] = {}  # release -> why it failed its checks (not retried)
+        self._pointer: str | None = None  # the release the active pointer named at last look
         self._poller: asyncio.Task | None = None
         self._refresh_lock = asyncio.Lock()
         self._retiring: dict[asyncio.Task, str] = {}  # previous releases draining after a switch
@@ -134,38 +136,70 @@ class Ranker:
                 log.exception("release refresh crashed")
 
     async def refresh(self) -> bool:
-        """Switch to the release the pointer names, if it differs and passes its checks."""
+        """Switch to the release the pointer names, if it differs and passes its checks.
+
+        With nothing loaded and the named release refused, serve the best kept release that
+        passes instead (said in the log, `/readyz` and `reaseq_release_fallback`): a bad pointer
+        at start-up must not mean 503 until someone fixes it."""
         async with self._refresh_lock:
-            target = await self.source.active_release()
+            target = self._pointer = await self.source.active_release()
             current = self._active.manifest.release if self._active else None
-            if target is None or target == current or target in self._refused:
-                return False
-            started = time.perf_counter()
-            try:
-                candidate = await self.source.load(target, self._make_backend)
-            except (ReleaseCheckError, ModelBackendError, ValueError) as err:
+            switched = False
+            if target is not None and target != current:
+                if target not in self._refusals:
+                    switched = await self._switch_to(target, current)
+                if not switched and self._active is None:
+                    switched = await self._fall_back(target)
+            metrics.RELEASE_FALLBACK.set(self.readiness_detail() is not None)
+            return switched
+
+    async def _switch_to(self, target: str, current: str | None) -> bool:
+        """Load, check and warm up `target`, then swap it in; False if it was refused."""
+        started = time.perf_counter()
+        try:
+            candidate = await self.source.load(target, self._make_backend)
+        except (ReleaseCheckError, ModelBackendError, ValueError) as err:
+            self._refuse(target, err, current)
+            return False
+        try:
+            await self._warm_up(candidate)
+            # mark first, so no publisher's GC removes what we are about to serve
+            await self.source.mark_in_use(self.instance, {*self._held(), target})
+        except Exception as err:
+            await candidate.close()  # never switched to: free its model and workers
+            if isinstance(err, ReleaseCheckError | ModelBackendError | ValueError):
                 self._refuse(target, err, current)
                 return False
-            try:
-                await self._warm_up(candidate)
-                # mark first, so no publisher's GC removes what we are about to serve
-                await self.source.mark_in_use(self.instance, {*self._held(), target})
-            except Exception as err:
-                await candidate.close()  # never switched to: free its model and workers
-                if isinstance(err, ReleaseCheckError | ModelBackendError | ValueError):
-                    self._refuse(target, err, current)
-                    return False
-                raise
-            # requests that started on the previous release hold their own reference to it and
-            # finish on it; its ONNX session and mmaps are freed when the last of them is done
-            previous, self._active = self._active, candidate
-            self._last_problem = None
-            if previous is not None:  # drains its in-flight requests, then frees its workers
-                drain = asyncio.create_task(previous.drain_and_close())
-                self._retiring[drain] = previous.manifest.release
-            metrics.record_switch(*candidate.versions, seconds=time.perf_counter() - started)
-            log.info("switched release %s -> %s", current, target)
-            return True
+            raise
+        # requests that started on the previous release hold their own reference to it and
+        # finish on it; its ONNX session and mmaps are freed when the last of them is done
+        previous, self._active = self._active, candidate
+        self._last_problem = None
+        if previous is not None:  # drains its in-flight requests, then frees its workers
+            drain = asyncio.create_task(previous.drain_and_close())
+            self._retiring[drain] = previous.manifest.release
+        metrics.record_switch(*candidate.versions, seconds=time.perf_counter() - started)
+        log.info("switched release %s -> %s", current, target)
+        return True
+
+    async def _fall_back(self, refused: str) -> bool:
+        """Nothing is served and the named release was refused: try the kept ones, best first."""
+        for release in await self.source.fallbacks():
+            if release == refused or release in self._refusals:
+                continue
+            if await self._switch_to(release, None):
+                log.warning(
+                    "the pointer names %s, which was refused (%s); serving %s instead, the most "
+                    "recently activated kept release that passes its checks",
+                    refused,
+                    self._refusals[refused],
+                    release,
+                )
+                return True
+        self._last_problem = f"release {refused} refused: {self._refusals[refused]}"
+        if len(self._refusals) > 1:
+            self._last_problem += f" (and {len(self._refusals) - 1} kept releases refused too)"
+        return False
 
     def _held(self) -> set[str]:
         """Releases this instance still reads from: the active one and those still draining."""
@@ -174,7 +208,7 @@ class Ranker:
         return active | set(self._retiring.values())
 
     def _refuse(self, target: str, err: Exception, current: str | None) -> None:
-        self._refused.add(target)
+        self._refusals[target] = str(err)
         self._last_problem = f"release {target} refused: {err}"
         metrics.RELEASES_REFUSED.inc()
         log.error("refused release %s: %s; still serving %s", target, err, current)
@@ -197,6 +231,18 @@ class Ranker:
 
     def is_ready(self) -> bool:
         return self._active is not None
+
+    def readiness_detail(self) -> str | None:
+        """A note for `/readyz` when serving is not as the pointer asks (a fallback, or a switch
+        refused while the old release keeps serving); None when all is as published."""
+        active = self._active.manifest.release if self._active else None
+        pointer = self._pointer
+        if active is None or pointer is None or pointer == active:
+            return None
+        why = self._refusals.get(pointer)
+        if why is None:
+            return f"the pointer names {pointer}, not loaded yet; serving {active}"
+        return f"the pointer names {pointer}, which was refused ({why}); serving {active} instead"
 
     def active_versions(self) -> tuple[str, str, str] | None:
         return self._active.versions if self._active else None
@@ -244,6 +290,18 @@ class Ranker:
         cand, beh, mask = assemble(release, fetched.behaviors, recent, candidates)
         scores = await _within(release.model.score(cand, beh, mask), deadline, "scoring")
         t_model = time.perf_counter()
+        if not np.isfinite(scores).all():  # never a NaN/Inf as a score (JSON would say null)
+            bad = int((~np.isfinite(scores[0])).sum())
+            log_throttled(
+                "non-finite",
+                "release %s scored %d of %d candidates non-finite",
+                release.manifest.release,
+                bad,
+                n_cand,
+            )
+            raise InvalidModelOutput(
+                f"the model produced {bad} non-finite scores of {n_cand}; nothing was returned"
+            )
 
         rel, model_version, feature_version = release.versions
         return RankResult(

@@ -16,26 +16,34 @@ from pathlib import Path
 import anyio
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from reaseq.core.codec import VECTOR_DTYPE
 from reaseq.core.keys import KeySchema
 from reaseq.core.release import (
     ACTIVE_FILE,
+    HISTORY_FILE,
     IN_USE_TTL_S,
+    MANIFEST_FILE,
     MODEL_FILE,
     ReleaseCheckError,
     ReleaseManifest,
     Snapshot,
     clear_in_use,
+    manifest_problem,
     mark_in_use,
     read_manifest,
     sha256_bytes,
     verify_release_files,
 )
+from reaseq.core.values import ValueVerifier, batched, canonical_names, verify_snapshot_values
 from reaseq.service.backend import ModelBackend
-from reaseq.service.errors import FeatureStoreUnavailable
-from reaseq.service.store import EmbeddedFeatures, FeatureView, RedisFeatures
+from reaseq.service.store import EmbeddedFeatures, FeatureView, RedisFeatures, store_error
+
+VERIFY_BATCH = 1000  # keys per SCAN page / MGET while a release's values are verified
 
 BackendFactory = Callable[[bytes], ModelBackend]  # model file bytes -> a ready backend
 
@@ -66,6 +74,26 @@ class LoadedRelease:
         await self.close()
 
 
+def parse_manifest(release: str, raw: bytes | str) -> ReleaseManifest:
+    """A manifest that does not parse is a refused release, said in one line."""
+    try:
+        manifest = ReleaseManifest.model_validate_json(raw)
+    except ValueError as err:
+        raise ReleaseCheckError(f"release {release}: {manifest_problem(err)}") from None
+    if manifest.release != release:
+        raise ReleaseCheckError(f"release {release}: its manifest names {manifest.release}")
+    return manifest
+
+
+def fallback_order(history: list[str], complete: list[str]) -> list[str]:
+    """Where to look when the named release is refused: the most recently activated kept
+    releases first (they were vetted for serving), then the other complete ones, newest first
+    (`complete` is oldest first)."""
+    kept = set(complete)
+    order = [r for r in dict.fromkeys(reversed(history)) if r in kept]
+    return order + [r for r in reversed(complete) if r not in order]
+
+
 def load_model(
     manifest: ReleaseManifest, model_bytes: bytes, make_backend: BackendFactory
 ) -> ModelBackend:
@@ -89,6 +117,10 @@ class ReleaseSource(ABC):
     @abstractmethod
     async def load(self, release: str, make_backend: BackendFactory) -> LoadedRelease:
         """Load and check a release; raise ReleaseCheckError if it must not be served."""
+
+    @abstractmethod
+    async def fallbacks(self) -> list[str]:
+        """Kept releases to try, best first, when the pointer names one that is refused."""
 
     @abstractmethod
     async def mark_in_use(self, instance: str, releases: Iterable[str]) -> None:
@@ -123,17 +155,37 @@ class EmbeddedReleaseSource(ReleaseSource):
     async def clear_in_use(self, instance: str) -> None:
         await anyio.to_thread.run_sync(clear_in_use, self.releases_dir, instance)
 
+    def _fallbacks_sync(self) -> list[str]:
+        history_file = self.releases_dir / HISTORY_FILE
+        history = history_file.read_text().split() if history_file.exists() else []
+        complete = []
+        for folder in self.releases_dir.iterdir():
+            if folder.name.startswith(".") or not (folder / MANIFEST_FILE).is_file():
+                continue
+            try:
+                complete.append((read_manifest(folder).created_at, folder.name))
+            except (OSError, ValueError):
+                continue  # an unreadable manifest is no candidate
+        return fallback_order(history, [name for _, name in sorted(complete)])
+
+    async def fallbacks(self) -> list[str]:
+        return await anyio.to_thread.run_sync(self._fallbacks_sync)
+
     def _load_sync(self, release: str, make_backend: BackendFactory) -> LoadedRelease:
         folder = self.releases_dir / release
         if not folder.is_dir():
-            raise ReleaseCheckError(f"release {release} is named active but {folder} is missing")
-        manifest = read_manifest(folder)
-        if self.verify_hashes:
-            verify_release_files(folder, manifest)
-        model_bytes = (folder / MODEL_FILE).read_bytes()
-        model = load_model(manifest, model_bytes, make_backend)
+            raise ReleaseCheckError(f"release {release} is named active but its folder is missing")
+        try:
+            manifest = parse_manifest(release, (folder / MANIFEST_FILE).read_bytes())
+        except OSError as err:
+            raise ReleaseCheckError(f"release {release}: {manifest_problem(err)}") from None
         snapshot = Snapshot.open(folder)
         snapshot.check_against(manifest)
+        if self.verify_hashes:
+            verify_release_files(folder, manifest)
+            verify_snapshot_values(snapshot, manifest)
+        model_bytes = (folder / MODEL_FILE).read_bytes()
+        model = load_model(manifest, model_bytes, make_backend)
         return LoadedRelease(manifest, model, EmbeddedFeatures(snapshot))
 
     async def load(self, release: str, make_backend: BackendFactory) -> LoadedRelease:
@@ -150,15 +202,23 @@ class RedisReleaseSource(ReleaseSource):
         try:
             value = await self.client.get(self.keys.active)
         except (RedisError, OSError, TimeoutError) as err:
-            raise FeatureStoreUnavailable(f"cannot read the active release pointer: {err}") from err
-        return value.decode() if value else None
+            raise store_error("cannot read the active release pointer", err) from err
+        return value.decode(errors="replace") if value else None
+
+    async def fallbacks(self) -> list[str]:
+        try:
+            history = await self.client.lrange(self.keys.history, 0, -1)
+            complete = await self.client.zrange(self.keys.releases, 0, -1)
+        except (RedisError, OSError, TimeoutError) as err:
+            raise store_error("cannot list the kept releases", err) from err
+        return fallback_order([r.decode() for r in history], [r.decode() for r in complete])
 
     async def mark_in_use(self, instance: str, releases: Iterable[str]) -> None:
         value = " ".join(sorted(releases))
         try:
             await self.client.set(self.keys.in_use(instance), value, ex=IN_USE_TTL_S)
         except (RedisError, OSError, TimeoutError) as err:
-            raise FeatureStoreUnavailable(f"cannot write the in-use marker: {err}") from err
+            raise store_error("cannot write the in-use marker", err) from err
 
     async def clear_in_use(self, instance: str) -> None:
         with contextlib.suppress(RedisError, OSError, TimeoutError):  # else it expires by itself
@@ -174,16 +234,30 @@ class RedisReleaseSource(ReleaseSource):
                 ]
             )
         except (RedisError, OSError, TimeoutError) as err:
-            raise FeatureStoreUnavailable(f"cannot read release {release}: {err}") from err
+            raise store_error(f"cannot read release {release}", err) from err
         if raw_manifest is None or model_bytes is None or default_item is None:
             raise ReleaseCheckError(f"release {release} is incomplete in Redis")
-        manifest = ReleaseManifest.model_validate_json(raw_manifest)
+        manifest = parse_manifest(release, raw_manifest)
+        await self.verify_values(manifest)  # before the model is even parsed
         model = await anyio.to_thread.run_sync(load_model, manifest, model_bytes, make_backend)
         default = np.frombuffer(default_item, dtype=VECTOR_DTYPE)
-        if default.shape != (manifest.vector_dim,):
-            raise ReleaseCheckError(f"release {release}: default item vector has the wrong width")
         features = RedisFeatures(self.client, self.keys, release, manifest.vector_dim, default)
         return LoadedRelease(manifest, model, features)
+
+    async def verify_values(self, manifest: ReleaseManifest) -> None:
+        """Every value of the release, read from Redis page by page: lengths, headers, NaN/Inf,
+        counts, and the digest the publisher recorded; a key added, changed or lost is found."""
+        release = manifest.release
+        prefix = self.keys.prefix(release)
+        verifier = ValueVerifier(manifest)
+        try:
+            keys = [k async for k in self.client.scan_iter(match=prefix + "*", count=VERIFY_BATCH)]
+            for names in batched(canonical_names(keys, prefix.encode()), VERIFY_BATCH):
+                values = await self.client.mget([prefix.encode() + n for n in names])
+                verifier.feed(list(zip(names, values, strict=True)))
+        except (RedisError, OSError, TimeoutError) as err:
+            raise store_error(f"cannot read release {release}", err) from err
+        await anyio.to_thread.run_sync(verifier.finish)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -191,12 +265,17 @@ class RedisReleaseSource(ReleaseSource):
 
 def make_redis_client(url: str, password: str | None, timeout_s: float) -> aioredis.Redis:
     """Short timeouts: a Redis outage becomes a fast, clear error, and redis-py reconnects by
-    itself on the next call once Redis is back (recovery without restart)."""
+    itself on the next call once Redis is back (recovery without restart).
+
+    Every command the service sends is an idempotent read or an overwrite, so a command that
+    meets a closed connection (a pooled connection opened before a Redis restart) is retried
+    once at once on a fresh connection. Timeouts are not retried: the deadline decides those."""
     return aioredis.Redis.from_url(
         url,
         password=password,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
-        retry_on_timeout=False,
+        retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
+        retry_on_error=[RedisConnectionError],
         health_check_interval=30,
     )

@@ -1,19 +1,26 @@
 """Process entry point: one Ranker served over gRPC and HTTP from the same event loop.
 
 Sharing the loop (and the Ranker) means one feature-store pool, one model session and one
-micro-batcher for both transports.
+micro-batcher for both transports. Both ports are bound exclusively (no SO_REUSEPORT) before
+anything else starts, so a second server on a taken port fails at once with one `PortInUse` line
+instead of silently sharing the port or printing uvicorn's traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
+import sys
 from collections.abc import Iterator
 
 import uvicorn
+from fastapi import FastAPI
 
+from reaseq.service.errors import CannotBind, PortInUse
 from reaseq.service.grpc_server import build_grpc_server
 from reaseq.service.http_app import create_app
 from reaseq.service.ranking import Ranker
@@ -32,6 +39,36 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
+def bind_tcp(host: str, port: int, transport: str) -> socket.socket:
+    """A listening TCP socket on host:port, bound exclusively (SO_REUSEADDR only, as servers do,
+    never SO_REUSEPORT); a taken port is `PortInUse`, any other bind failure `CannotBind`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+    try:
+        sock = socket.create_server((host.strip("[]"), port), family=family, reuse_port=False)
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            raise PortInUse(
+                f"{transport} port {where} is already in use: another server (a second "
+                f"`reaseq serve`?) listens there; stop it or choose another port"
+            ) from None
+        raise CannotBind(f"{transport} cannot listen on {where}: {err.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def http_config(app: FastAPI, settings: ServiceSettings) -> uvicorn.Config:
+    """uvicorn's settings: our logging, no access log, and no `server: uvicorn` header."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.http_port,
+        log_config=None,  # keep the process's logging setup
+        access_log=False,
+        server_header=False,  # callers need not learn what software (and version) answers
+    )
+
+
 def _http_address(server: uvicorn.Server) -> str:
     for srv in getattr(server, "servers", []):
         for sock in srv.sockets:
@@ -41,7 +78,19 @@ def _http_address(server: uvicorn.Server) -> str:
 
 
 async def serve(settings: ServiceSettings) -> None:
-    """Run both transports until SIGINT/SIGTERM, then drain them and close the Ranker."""
+    """Run both transports until SIGINT/SIGTERM, then drain them and close the Ranker.
+
+    Both ports are taken first, before the (slow) release load, so a clash fails in milliseconds
+    with `PortInUse` and nothing else logged.
+    """
+    http_socket = bind_tcp(settings.host, settings.http_port, "HTTP")
+    with contextlib.closing(http_socket):  # uvicorn closes it on shutdown; twice is harmless
+        if settings.grpc_port:  # a probe: gRPC binds its own socket, but reports a clash only
+            bind_tcp(settings.host, settings.grpc_port, "gRPC").close()  # as a C-core log line
+        await _serve_on(settings, http_socket)
+
+
+async def _serve_on(settings: ServiceSettings, http_socket: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -51,18 +100,11 @@ async def serve(settings: ServiceSettings) -> None:
     try:
         grpc_server, grpc_port = build_grpc_server(ranker, settings.host, settings.grpc_port)
         await grpc_server.start()
-        config = uvicorn.Config(
-            create_app(ranker, settings),
-            host=settings.host,
-            port=settings.http_port,
-            log_config=None,  # keep the process's logging setup
-            access_log=False,
-        )
-        http_server = _Uvicorn(config)
-        http_task = asyncio.create_task(http_server.serve())
+        http_server = _Uvicorn(http_config(create_app(ranker, settings), settings))
+        http_task = asyncio.create_task(http_server.serve(sockets=[http_socket]))
         while not http_server.started and not http_task.done():
             await asyncio.sleep(0.05)
-        if http_task.done():  # start-up failed (port in use): surface uvicorn's error
+        if http_task.done():  # start-up failed after binding (e.g. the app's lifespan)
             await grpc_server.stop(None)
             await http_task
             raise RuntimeError(
@@ -94,7 +136,11 @@ def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(serve(ServiceSettings()))
+    try:
+        asyncio.run(serve(ServiceSettings()))
+    except CannotBind as err:  # an operator's problem with one clear cause: one line, exit 2
+        log.error("%s", err)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,12 @@ class ServiceSettings(BaseSettings):
     host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=0, le=65535)
     grpc_port: int = Field(50051, ge=0, le=65535)
+    # Largest HTTP body read; bigger ones get 413 before any parsing. Sized to the largest valid
+    # request: (1000 candidates + 100 recent + user_id) ids of 128 characters, each character at
+    # worst a 12-byte JSON escape (non-BMP as a surrogate pair, "\ud83d\ude00"), plus quotes and
+    # separators: 1101 * (128 * 12 + 4) = 1,695,540 bytes; 2 MiB leaves ~400 KB for indentation.
+    # Raise it together with max_candidates / max_recent_behaviors.
+    http_max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
 
     # request bounds
     max_candidates: int = Field(1000, ge=1)

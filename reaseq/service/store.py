@@ -7,17 +7,40 @@ one request's reads are one round trip: the user's behaviors and every item vect
 
 from __future__ import annotations
 
+import struct
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    RedisError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from reaseq.core.codec import decode_behaviors, decode_vectors
 from reaseq.core.keys import KeySchema
 from reaseq.core.release import Snapshot
-from reaseq.service.errors import FeatureStoreUnavailable
+from reaseq.service.errors import CorruptFeatures, FeatureStoreUnavailable
+from reaseq.service.logs import log_throttled
+
+
+def store_error(what: str, err: BaseException) -> FeatureStoreUnavailable:
+    """The caller learns what failed and why in plain words; the address and the exception go
+    to the server log only."""
+    log_throttled(what, "%s: %s: %s", what, type(err).__name__, err)
+    if isinstance(err, AuthenticationError | AuthenticationWrongNumberOfArgsError):
+        why = "the feature store refused our credentials (check the Redis password)"
+    elif isinstance(err, RedisTimeoutError | TimeoutError):
+        why = "the feature store did not answer in time"
+    elif isinstance(err, RedisConnectionError | OSError):
+        why = "the feature store is unreachable"
+    else:
+        why = "the feature store answered with an error"
+    return FeatureStoreUnavailable(f"{what}: {why}")
 
 
 @dataclass
@@ -87,19 +110,31 @@ class RedisFeatures(FeatureView):
         try:
             values = await self.client.mget(names)
         except (RedisError, OSError, TimeoutError) as err:
-            raise FeatureStoreUnavailable(
-                f"Redis read failed: {type(err).__name__}: {err}"
-            ) from err
+            raise store_error("reading features failed", err) from err
         user_value = values[0]
-        if user_value is None:
-            behaviors = np.zeros((0, self.dim), dtype=np.float32)
-        else:
-            behaviors = decode_behaviors(user_value, self.dim)
-        items, found = decode_vectors(values[1:], self.dim)
+        try:
+            if user_value is None:
+                behaviors = np.zeros((0, self.dim), dtype=np.float32)
+            else:
+                behaviors = decode_behaviors(user_value, self.dim)
+            items, found = decode_vectors(values[1:], self.dim)
+        except (ValueError, struct.error) as err:
+            raise self._corrupt(str(err)) from None
+        if not (np.isfinite(behaviors).all() and np.isfinite(items).all()):
+            raise self._corrupt("a stored vector holds NaN or Inf")
         return FetchedFeatures(behaviors, user_value is not None, items, found)
+
+    def _corrupt(self, why: str) -> CorruptFeatures:
+        """A value changed in Redis after the release was verified: an error, never a score."""
+        log_throttled(
+            f"corrupt:{self.release}", "corrupt value in release %s: %s", self.release, why
+        )
+        return CorruptFeatures(
+            f"release {self.release} holds a corrupt feature value ({why}); republish it"
+        )
 
     async def ping(self) -> None:
         try:
             await self.client.ping()
         except (RedisError, OSError, TimeoutError) as err:
-            raise FeatureStoreUnavailable(f"Redis is unreachable: {err}") from err
+            raise store_error("readiness check failed", err) from err

@@ -16,7 +16,14 @@ import pytest
 
 from reaseq.core import contract
 from reaseq.core.keys import KeySchema
-from reaseq.core.release import ACTIVE_FILE, MODEL_FILE, Snapshot, read_manifest, write_atomic
+from reaseq.core.release import (
+    ACTIVE_FILE,
+    MODEL_FILE,
+    ReleaseCheckError,
+    Snapshot,
+    read_manifest,
+    write_atomic,
+)
 from reaseq.offline.publish import EmbeddedPublisher, RedisPublisher
 from reaseq.service import metrics
 from reaseq.service.errors import (
@@ -126,9 +133,11 @@ async def test_redis_outage_fails_fast_and_recovers_without_restart(
     redis_server.stop()
     try:
         started = time.perf_counter()
-        with pytest.raises(FeatureStoreUnavailable, match="Redis"):
+        with pytest.raises(FeatureStoreUnavailable, match="feature store") as caught:
             await redis_ranker.rank(query)
         assert time.perf_counter() - started < 2.0
+        assert "127.0.0.1" not in caught.value.message  # no addresses to callers
+        assert "Error" not in caught.value.message  # nor exception class names
         with pytest.raises(FeatureStoreUnavailable):
             await redis_ranker.check_ready()
     finally:
@@ -303,7 +312,9 @@ async def test_redis_release_corrupted_in_the_store_is_refused(
     model = bytearray(redis_client.get(keys.model("second-release")))
     model[len(model) // 2] ^= 0xFF
     redis_client.set(keys.model("second-release"), bytes(model))
-    publisher.activate("second-release")
+    with pytest.raises(ReleaseCheckError, match="model"):
+        publisher.activate("second-release")  # verified before the pointer moves
+    redis_client.set(keys.active, "second-release")  # moved by hand: the service still refuses
     assert await redis_ranker.refresh() is False
     user, items = release_ids
     assert (await redis_ranker.rank(RankQuery(user, items))).release == first
@@ -363,7 +374,7 @@ async def test_redis_auth_is_configurable(tmp_path, pipeline_run, release_ids) -
         wrong = good.model_copy(update={"redis_password": pydantic.SecretStr("nope")})
         ranker = await Ranker.open(wrong, follow=False)
         assert not ranker.is_ready()
-        with pytest.raises(NotReady, match="invalid username-password"):
+        with pytest.raises(NotReady, match="refused our credentials"):
             await ranker.check_ready()
         await ranker.close()
     finally:
