@@ -13,10 +13,12 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,7 +27,6 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 
 from reaseq.service.settings import ServiceSettings
 
@@ -36,11 +37,33 @@ app = typer.Typer(
 release_app = typer.Typer(help="List, activate and roll back releases.")
 app.add_typer(release_app, name="release")
 console = Console()
+err_console = Console(stderr=True)  # errors and "which store" lines: stdout stays parseable
 
-StoreOpt = Annotated[str | None, typer.Option(help="embedded | redis (default: $REASEQ_STORE)")]
-ReleasesDirOpt = Annotated[Path | None, typer.Option(help="embedded store folder")]
-RedisUrlOpt = Annotated[str | None, typer.Option(help="Redis URL (default: $REASEQ_REDIS_URL)")]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="release store: embedded | redis", show_default="$REASEQ_STORE, else embedded"
+    ),
+]
+ReleasesDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="embedded store folder, relative to the current directory",
+        show_default="$REASEQ_RELEASES_DIR, else artifacts/releases",
+    ),
+]
+RedisUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Redis store URL (key namespace: $REASEQ_REDIS_NAMESPACE, else reaseq)",
+        show_default="$REASEQ_REDIS_URL, else redis://127.0.0.1:6379/0",
+    ),
+]
 KeepOpt = Annotated[int, typer.Option(help="releases kept; older ones are garbage-collected")]
+
+
+class CliError(Exception):
+    """A user-facing problem with a clear fix: printed as one red line, exit code 2."""
 
 
 def _settings(
@@ -50,17 +73,45 @@ def _settings(
     return ServiceSettings(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def _redact(url: str) -> str:
+    """A Redis URL safe to print: the password, if any, replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def _store_label(settings: ServiceSettings) -> str:
+    """Where releases are read and written, absolute, so no command depends silently on the
+    current directory or environment: the embedded folder, or the Redis URL and namespace."""
+    if settings.store == "redis":
+        return f"redis {_redact(settings.redis_url)} namespace {settings.redis_namespace}"
+    return f"embedded {settings.releases_dir.resolve()}"
+
+
+def _existing_store(settings: ServiceSettings) -> None:
+    """Read-only commands refuse a missing embedded folder instead of creating an empty one."""
+    if settings.store == "embedded" and not settings.releases_dir.is_dir():
+        raise CliError(
+            f"no release store at {settings.releases_dir.resolve()}: run from the folder where "
+            "`reaseq pipeline` published, or set --releases-dir / $REASEQ_RELEASES_DIR"
+        )
+
+
 @contextmanager
 def _clear_errors() -> Iterator[None]:
     """Expected failures (bad release, missing file, store down) as one red line, exit code 2."""
     import redis
 
     from reaseq.core.release import ReleaseCheckError
+    from reaseq.service.errors import CannotBind
 
+    expected = (CliError, ReleaseCheckError, CannotBind, FileNotFoundError, ValueError)
     try:
         yield
-    except (ReleaseCheckError, FileNotFoundError, ValueError, redis.RedisError) as err:
-        console.print(f"[red]error:[/] {err}")
+    except (*expected, redis.RedisError) as err:
+        err_console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -97,24 +148,45 @@ def _step(verbose: bool, pause_ms: int):
 @app.command()
 def pipeline(
     dataset: Annotated[
-        str, typer.Argument(help="synthetic | scientific | office | ml-100k | PATH")
+        str,
+        typer.Argument(
+            help="synthetic | scientific | office | ml-100k (names under $REASEQ_SHARED_DATA, "
+            "default ../shared/data) | a dataset folder or file"
+        ),
     ],
     features: Annotated[
-        list[str] | None, typer.Option(help="feature sets to train [default: id, id+text]")
+        list[str] | None,
+        typer.Option(help="feature sets to train, repeatable", show_default="id, id+text"),
     ] = None,
     export_features: Annotated[
-        str | None, typer.Option(help="feature set exported as release [default: id+text]")
+        str | None, typer.Option(help="feature set exported as the release", show_default="id+text")
     ] = None,
-    artifacts: Annotated[Path | None, typer.Option(help="artifacts folder [artifacts]")] = None,
-    epochs: Annotated[int | None, typer.Option(help="max epochs (early stop on val) [20]")] = None,
-    max_behaviors: Annotated[int | None, typer.Option(help="behaviors per sample [100]")] = None,
-    attention: Annotated[str | None, typer.Option(help="dot | din [dot]")] = None,
-    publish: Annotated[bool, typer.Option(help="publish the exported release")] = True,
+    artifacts: Annotated[
+        Path | None,
+        typer.Option(
+            help="artifacts folder, relative to the current directory", show_default="artifacts"
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="max epochs, early stop on validation AUC", show_default="20")
+    ] = None,
+    max_behaviors: Annotated[
+        int | None, typer.Option(help="behaviors per sample", show_default="100")
+    ] = None,
+    attention: Annotated[
+        str | None, typer.Option(help="target attention: dot | din", show_default="dot")
+    ] = None,
+    publish: Annotated[
+        bool, typer.Option(help="publish the exported release to the store and activate it")
+    ] = True,
     store: StoreOpt = None,
     releases_dir: ReleasesDirOpt = None,
     redis_url: RedisUrlOpt = None,
     keep: KeepOpt = 3,
-    config: Annotated[Path | None, typer.Option(help="TOML file; options given here win")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="pipeline TOML file; options given here win", show_default="none"),
+    ] = None,
 ) -> None:
     """Prepare, encode, train each feature set, report AUC/GAUC/LogLoss, export and publish."""
     from reaseq.offline.pipeline import (
@@ -154,14 +226,19 @@ def pipeline(
         settings = _settings(store, releases_dir, redis_url)
         with _clear_errors():
             release = _publisher(settings).publish(result.release_dir, activate=True, keep=keep)
-        console.print(f"published and activated release [bold]{release}[/] ({settings.store})")
+        console.print(
+            f"published and activated release [bold]{release}[/] ({_store_label(settings)})",
+            soft_wrap=True,
+        )
 
 
 @app.command("export")
 def export_cmd(
     dataset: Annotated[str, typer.Argument(help="dataset name under the artifacts folder")],
     features: Annotated[str, typer.Option(help="which trained model: id | id+text")] = "id+text",
-    artifacts: Annotated[Path, typer.Option(help="artifacts folder")] = Path("artifacts"),
+    artifacts: Annotated[
+        Path, typer.Option(help="artifacts folder, relative to the current directory")
+    ] = Path("artifacts"),
 ) -> None:
     """Export a trained ranker as a new release folder (ONNX + feature snapshot), parity-checked."""
     from reaseq.offline.export import export_release
@@ -187,16 +264,29 @@ def publish_cmd(
     releases_dir: ReleasesDirOpt = None,
     redis_url: RedisUrlOpt = None,
     keep: KeepOpt = 3,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="print each step")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="print each step", show_default="off")
+    ] = False,
     batch_size: Annotated[int, typer.Option(help="Redis: keys per pipelined write")] = 500,
-    pause_ms: Annotated[int, typer.Option(help="pause after each step (throttle)")] = 0,
+    pause_ms: Annotated[int, typer.Option(help="pause after each step, ms (throttle)")] = 0,
 ) -> None:
     """Write a release to the store, verify it, then switch the active pointer atomically."""
     settings = _settings(store, releases_dir, redis_url)
     with _clear_errors():
         publisher = _publisher(settings, verbose, batch_size, pause_ms)
         release = publisher.publish(release_dir, activate=activate, keep=keep)
-    console.print(f"published release [bold]{release}[/] to {settings.store}")
+    console.print(
+        f"published release [bold]{release}[/] to {_store_label(settings)}",
+        soft_wrap=True,
+    )
+
+
+def _open_store(store: str | None, releases_dir: Path | None, redis_url: str | None):
+    """The publisher of an existing store, after saying on stderr which store it is."""
+    settings = _settings(store, releases_dir, redis_url)
+    err_console.print(f"store: {_store_label(settings)}", soft_wrap=True, highlight=False)
+    _existing_store(settings)
+    return _publisher(settings)
 
 
 @release_app.command("list")
@@ -204,41 +294,46 @@ def release_list(
     store: StoreOpt = None,
     releases_dir: ReleasesDirOpt = None,
     redis_url: RedisUrlOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per release")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="one JSON object per release, on stdout", show_default="off"),
+    ] = False,
 ) -> None:
-    """Complete releases, oldest first; the active one is marked."""
+    """Complete releases, oldest first; the active one is marked *. Says which store it read."""
     from dataclasses import asdict
 
     from reaseq.offline.publish import describe
 
     with _clear_errors():
-        infos = describe(_publisher(_settings(store, releases_dir, redis_url)))
+        infos = describe(_open_store(store, releases_dir, redis_url))
     if as_json:
         for info in infos:
             print(json.dumps(asdict(info)))
         return
-    table = Table("active", "release", "created", "model version", "feature version")
-    for info in infos:
-        table.add_row(
-            "*" if info.active else "",
-            info.release,
-            info.created_at,
-            info.model_version,
-            info.feature_version,
+    if not infos:
+        console.print("no complete releases in this store")
+        return
+    for info in infos:  # plain lines, never a table: ids are not cut off in a narrow terminal
+        mark = "*" if info.active else " "
+        if info.problem:
+            print(f"{mark} {info.release}  unreadable: {info.problem}")
+            continue
+        print(
+            f"{mark} {info.release}  model {info.model_version}  "
+            f"features {info.feature_version}  created {info.created_at}"
         )
-    console.print(table)
 
 
 @release_app.command("activate")
 def release_activate(
-    release: str,
+    release: Annotated[str, typer.Argument(help="id of a kept release (see `release list`)")],
     store: StoreOpt = None,
     releases_dir: ReleasesDirOpt = None,
     redis_url: RedisUrlOpt = None,
 ) -> None:
     """Point the service at a kept release (it switches on its next pointer check)."""
     with _clear_errors():
-        _publisher(_settings(store, releases_dir, redis_url)).activate(release)
+        _open_store(store, releases_dir, redis_url).activate(release)
     console.print(f"active release: [bold]{release}[/]")
 
 
@@ -250,7 +345,7 @@ def release_rollback(
     from reaseq.offline.publish import rollback_target
 
     with _clear_errors():
-        publisher = _publisher(_settings(store, releases_dir, redis_url))
+        publisher = _open_store(store, releases_dir, redis_url)
         available = {m.release for m in publisher.complete()}
         target = rollback_target(publisher.history(), publisher.active(), available)
         publisher.activate(target)
@@ -262,8 +357,12 @@ def serve(
     store: StoreOpt = None,
     releases_dir: ReleasesDirOpt = None,
     redis_url: RedisUrlOpt = None,
-    http_port: Annotated[int | None, typer.Option()] = None,
-    grpc_port: Annotated[int | None, typer.Option()] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="HTTP port", show_default="$REASEQ_HTTP_PORT, else 8000")
+    ] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="gRPC port", show_default="$REASEQ_GRPC_PORT, else 50051")
+    ] = None,
 ) -> None:
     """Run the gRPC and HTTP ranking service (settings from REASEQ_* environment)."""
     from reaseq.service.server import serve as run_server
@@ -274,7 +373,8 @@ def serve(
     if grpc_port is not None:
         settings.grpc_port = grpc_port
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(run_server(settings))
+    with _clear_errors():  # a taken port is one line and exit code 2, not a traceback
+        asyncio.run(run_server(settings))
 
 
 @app.command()
@@ -282,7 +382,9 @@ def demo(
     store: StoreOpt = None,
     releases_dir: ReleasesDirOpt = None,
     redis_url: RedisUrlOpt = None,
-    serve_after: Annotated[bool, typer.Option("--serve/--no-serve")] = True,
+    serve_after: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="start the service after publishing")
+    ] = True,
 ) -> None:
     """The whole path on a small synthetic sample: train, export, publish, serve."""
     pipeline(
@@ -297,65 +399,81 @@ def demo(
         serve(store=store, releases_dir=releases_dir, redis_url=redis_url)
 
 
+IdsFromOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="release folder (exported or published) to take user and item ids from",
+        show_default="the active release of the store",
+    ),
+]
+
+
 @app.command()
 def bench(
     target: Annotated[
         str, typer.Option(help="gRPC host:port or HTTP base URL")
     ] = "127.0.0.1:50051",
     transport: Annotated[str, typer.Option(help="grpc | http")] = "grpc",
-    candidates: Annotated[int, typer.Option()] = 200,
+    candidates: Annotated[int, typer.Option(help="candidate items per request")] = 200,
     recent: Annotated[int, typer.Option(help="real-time behaviors sent per request")] = 100,
-    requests: Annotated[int, typer.Option()] = 2000,
-    concurrency: Annotated[int, typer.Option()] = 8,
+    requests: Annotated[int, typer.Option(help="timed requests (after 100 warm-up)")] = 2000,
+    concurrency: Annotated[int, typer.Option(help="requests in flight at once")] = 8,
+    ids_from: IdsFromOpt = None,
     store: StoreOpt = None,
     releases_dir: ReleasesDirOpt = None,
     redis_url: RedisUrlOpt = None,
 ) -> None:
-    """p50/p99 latency and throughput of Rank against a running service (ids from the active
-    release, so every candidate and behavior is a real item)."""
+    """p50/p99 latency and throughput of Rank against a running service (ids from a release, so
+    every candidate and behavior is a real item). Exits 1 if any request failed."""
     from reaseq.service.bench import bench as run_bench
     from reaseq.service.bench import format_report
 
-    user_ids, item_ids = _release_ids(_settings(store, releases_dir, redis_url))
-    stats = asyncio.run(
-        run_bench(
-            transport,
-            target,
-            user_ids,
-            item_ids,
-            n_candidates=candidates,
-            n_recent=recent,
-            requests=requests,
-            concurrency=concurrency,
+    with _clear_errors():
+        user_ids, item_ids = _release_ids(_settings(store, releases_dir, redis_url), ids_from)
+        stats = asyncio.run(
+            run_bench(
+                transport,
+                target,
+                user_ids,
+                item_ids,
+                n_candidates=candidates,
+                n_recent=recent,
+                requests=requests,
+                concurrency=concurrency,
+            )
         )
-    )
-    console.print(format_report(stats))
+    console.print(format_report(stats), soft_wrap=True, markup=False)
     print(json.dumps(stats))
+    _exit_on_failed_requests(stats)
 
 
 @app.command("bench-switch")
 def bench_switch_cmd(
-    to: Annotated[str | None, typer.Option(help="release to switch to (default: rollback)")] = None,
+    to: Annotated[
+        str | None, typer.Option(help="release to switch to", show_default="the rollback target")
+    ] = None,
     target: Annotated[str, typer.Option(help="gRPC host:port")] = "127.0.0.1:50051",
     duration: Annotated[float, typer.Option(help="seconds of load")] = 20.0,
     switch_at: Annotated[float, typer.Option(help="seconds into the load")] = 10.0,
-    candidates: Annotated[int, typer.Option()] = 200,
-    recent: Annotated[int, typer.Option()] = 100,
-    concurrency: Annotated[int, typer.Option()] = 8,
+    candidates: Annotated[int, typer.Option(help="candidate items per request")] = 200,
+    recent: Annotated[int, typer.Option(help="real-time behaviors sent per request")] = 100,
+    concurrency: Annotated[int, typer.Option(help="requests in flight at once")] = 8,
     store: StoreOpt = None,
     releases_dir: ReleasesDirOpt = None,
     redis_url: RedisUrlOpt = None,
 ) -> None:
-    """p50/p99 of gRPC Rank in steady state vs while the service switches release under load."""
+    """p50/p99 of gRPC Rank in steady state vs while the service switches release under load.
+    Exits 1 if any request failed."""
     from reaseq.offline.publish import rollback_target
     from reaseq.service.bench import bench_switch
 
     settings = _settings(store, releases_dir, redis_url)
-    publisher = _publisher(settings)
-    user_ids, item_ids = _release_ids(settings)
-    if to is None:
-        available = {m.release for m in publisher.complete()}
-        to = rollback_target(publisher.history(), publisher.active(), available)
+    with _clear_errors():
+        user_ids, item_ids = _release_ids(settings)
+        publisher = _publisher(settings)
+        if to is None:
+            available = {m.release for m in publisher.complete()}
+            to = rollback_target(publisher.history(), publisher.active(), available)
     stats = asyncio.run(
         bench_switch(
             target,
@@ -370,23 +488,84 @@ def bench_switch_cmd(
         )
     )
     console.print_json(json.dumps(stats))
+    _exit_on_failed_requests(stats)
 
 
-def _release_ids(settings: ServiceSettings) -> tuple[list[str], list[str]]:
-    from reaseq.core.release import Snapshot
+@app.command("bench-verify")
+def bench_verify_cmd(
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Redis to write the synthetic release into (its keys are removed)",
+            show_default="$REASEQ_REDIS_URL, else redis://127.0.0.1:6379/0",
+        ),
+    ] = None,
+    items: Annotated[int, typer.Option(help="items in the synthetic release")] = 100_000,
+    users: Annotated[int, typer.Option(help="users in the synthetic release")] = 10_000,
+    behaviors: Annotated[int, typer.Option(help="published behaviors per user")] = 50,
+    dim: Annotated[int, typer.Option(help="vector width D")] = 96,
+    repeats: Annotated[int, typer.Option(help="timed runs per step (median)")] = 3,
+) -> None:
+    """What verifying a release down to its values costs: seal at publish, embedded load,
+    Redis write + read-back, `release activate`, the service's own check at load."""
+    from reaseq.offline.verify_bench import measure
 
-    publisher = _publisher(settings)
-    active = publisher.active()
-    if active is None:
-        raise typer.BadParameter("no active release: run `reaseq pipeline` first")
-    if settings.store == "embedded":
-        snap = Snapshot.open(settings.releases_dir / active)
-        return snap.user_ids.tolist(), snap.item_ids.tolist()
-    prefix = publisher.keys.prefix(active)
-    users, items = [], []
-    for key in publisher.client.scan_iter(match=prefix + "*", count=5000):
-        kind, _, ident = key.decode()[len(prefix) :].partition(":")
-        (users if kind == "user" else items if kind == "item" else []).append(ident)
+    url = redis_url or _settings(None, None, None).redis_url
+    with _clear_errors():
+        stats = measure(url, items, users, behaviors, dim, repeats)
+    console.print_json(json.dumps({"items": items, "users": users, "behaviors": behaviors} | stats))
+
+
+def _exit_on_failed_requests(stats: dict[str, Any]) -> None:
+    """A benchmark with failed requests measured the wrong thing: say why, exit 1."""
+    if stats["errors"]:
+        err_console.print(
+            f"[red]error:[/] {stats['errors']} requests failed; first: "
+            f"{escape(str(stats['first_error']))}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+
+
+def _release_ids(
+    settings: ServiceSettings, release_dir: Path | None = None
+) -> tuple[list[str], list[str]]:
+    """User and item ids of a release folder, or of the store's active release; says on stderr
+    which release and store they came from."""
+    from reaseq.core.release import MANIFEST_FILE, Snapshot
+
+    if release_dir is not None:
+        if not (release_dir / MANIFEST_FILE).is_file():
+            raise CliError(f"{release_dir.resolve()} is not a release folder (no {MANIFEST_FILE})")
+        snap = Snapshot.open(release_dir)
+        users, items = snap.user_ids.tolist(), snap.item_ids.tolist()
+        where = f"release folder {release_dir.resolve()}"
+    else:
+        label = _store_label(settings)
+        _existing_store(settings)
+        publisher = _publisher(settings)
+        active = publisher.active()
+        if active is None:
+            raise CliError(
+                f"no active release in {label}: publish one (`reaseq pipeline`), point "
+                "--store / --releases-dir / $REASEQ_RELEASES_DIR at the store the service "
+                "reads, or pass --ids-from RELEASE_DIR"
+            )
+        where = f"release {active} in {label}"
+        if settings.store == "embedded":
+            snap = Snapshot.open(settings.releases_dir / active)
+            users, items = snap.user_ids.tolist(), snap.item_ids.tolist()
+        else:
+            prefix = publisher.keys.prefix(active)
+            users, items = [], []
+            for key in publisher.client.scan_iter(match=prefix + "*", count=5000):
+                kind, _, ident = key.decode()[len(prefix) :].partition(":")
+                (users if kind == "user" else items if kind == "item" else []).append(ident)
+    if not users or not items:
+        raise CliError(f"{where} has {len(users)} users and {len(items)} items: nothing to send")
+    err_console.print(
+        f"ids: {len(users)} users, {len(items)} items from {where}", soft_wrap=True, highlight=False
+    )
     return users, items
 
 

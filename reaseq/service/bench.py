@@ -5,6 +5,9 @@ any machine. Each request scores `n_candidates` items against `n_recent` real-ti
 
     reaseq bench --transport grpc --target 127.0.0.1:50051
     reaseq bench-switch --target 127.0.0.1:50051      # p99 while a release switches
+
+Failed requests are counted, never fatal, and the first one is kept in words (`first_error`), so
+a run against a wrong port or a service without a release says so instead of timing errors.
 """
 
 from __future__ import annotations
@@ -47,6 +50,18 @@ def _make_requests(
     return requests
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line saying why a request failed: the gRPC status and details, or the HTTP status and
+    the service's message, instead of a multi-line exception dump."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        text = f"{exc.code().name}: {exc.details()}"
+    elif isinstance(exc, httpx.HTTPStatusError):
+        text = f"HTTP {exc.response.status_code}: {exc.response.text.strip()}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:300]
+
+
 def _percentile(sorted_values: list[float], q: float) -> float:
     """Linear-interpolated percentile of an already sorted list (q in 0..100)."""
     if not sorted_values:
@@ -75,7 +90,7 @@ async def _run(
                 await call(body)
             except Exception as exc:  # counted, never fatal: the benchmark reports error rates
                 if record:
-                    errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                    errors.append(describe_error(exc))
                 continue
             if record:
                 latencies.append(perf_counter() - start)
@@ -201,7 +216,7 @@ async def bench_switch(
                     reply = await call(body)
                     records.append((start - t0, perf_counter() - start, reply.release))
                 except grpc.aio.AioRpcError as exc:
-                    errors.append(f"{exc.code().name}: {exc.details()}"[:200])
+                    errors.append(describe_error(exc))
                     records.append((start - t0, perf_counter() - start, None))
 
         async def switcher() -> None:

@@ -250,14 +250,16 @@ class RedisReleaseSource(ReleaseSource):
         release = manifest.release
         prefix = self.keys.prefix(release)
         verifier = ValueVerifier(manifest)
+        # hashing and decoding run in a worker thread: requests keep being served meanwhile
         try:
             keys = [k async for k in self.client.scan_iter(match=prefix + "*", count=VERIFY_BATCH)]
-            for names in batched(canonical_names(keys, prefix.encode()), VERIFY_BATCH):
-                values = await self.client.mget([prefix.encode() + n for n in names])
-                verifier.feed(list(zip(names, values, strict=True)))
+            names = await anyio.to_thread.run_sync(canonical_names, keys, prefix.encode())
+            for batch in batched(names, VERIFY_BATCH):
+                values = await self.client.mget([prefix.encode() + n for n in batch])
+                await anyio.to_thread.run_sync(verifier.feed, list(zip(batch, values, strict=True)))
         except (RedisError, OSError, TimeoutError) as err:
             raise store_error(f"cannot read release {release}", err) from err
-        await anyio.to_thread.run_sync(verifier.finish)
+        verifier.finish()
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -518,3 +518,19 @@ def test_real_data_counts(
         assert math.isclose(inter["label"].mean(), (inter["rating"] >= 4).mean())
     else:
         assert inter["label"].isna().all()
+
+
+def test_each_format_has_its_own_module() -> None:
+    """The package layout names the formats: a format's loader is found by the format's name."""
+    from reaseq.offline.datasets.dispatch import _LOADERS
+
+    modules = {fmt: loader.__module__.rsplit(".", 1)[1] for fmt, loader in _LOADERS.items()}
+    assert modules == {
+        "recbole": "recbole",
+        "lcrec-json": "lcrec",
+        "movielens-dat": "movielens",
+        "movielens-100k": "movielens",
+        "amazon-json": "amazon_json",
+        "generic": "generic",
+    }
+    assert tuple(modules) == FORMATS

@@ -28,8 +28,11 @@ class ServiceProcess:
         http_port: int | None = None,
         grpc_port: int | None = None,
         env: dict[str, str] | None = None,
+        command: list[str] | None = None,
     ) -> None:
         self.releases_dir, self.logs = releases_dir, logs
+        # the module entry point by default; `reaseq serve` (the CLI a user runs) when given
+        self.command = command or [sys.executable, "-m", "reaseq.service.server"]
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.extra_env = env or {}
@@ -55,7 +58,7 @@ class ServiceProcess:
         }
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "reaseq.service.server"],
+                self.command,
                 env=env,
                 cwd=self.logs,  # no stray .env or reaseq.toml from the checkout
                 stdout=out,

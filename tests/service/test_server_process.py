@@ -4,6 +4,7 @@ handling (headers, chunked bodies), the offline /docs page, and one server per p
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,13 +97,18 @@ def stderr_lines(proc: ServiceProcess) -> list[str]:
     return [line for line in proc.stderr().splitlines() if line.strip()]
 
 
+CLI = [str(Path(sys.executable).with_name("reaseq")), "serve"]
+
+
+@pytest.mark.parametrize("entry", ["module", "cli"])
 @pytest.mark.parametrize("clash", ["http", "grpc"])
 def test_a_second_server_on_a_taken_port_exits_with_one_clear_line(
-    service: ServiceProcess, tmp_path: Path, clash: str
+    service: ServiceProcess, tmp_path: Path, clash: str, entry: str
 ) -> None:
     taken = service.http_port if clash == "http" else service.grpc_port
     ports = {f"{clash}_port": taken}
-    second = ServiceProcess(service.releases_dir, tmp_path, **ports).start()
+    command = CLI if entry == "cli" else None
+    second = ServiceProcess(service.releases_dir, tmp_path, command=command, **ports).start()
     try:
         code = second.wait_exit(timeout_s=60)
         assert code is not None, f"a second server started on the taken {clash} port {taken}"
