@@ -101,14 +101,23 @@ class ScoringNet(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, 1))
         self.head = nn.Sequential(*layers)
+        # (scale, bias) of the Platt / temperature calibration of the logit, fitted on validation
+        # after training (offline/calibration.py); identity until then. A buffer, so the
+        # checkpoint and the exported ONNX model carry it and `scores` are calibrated.
+        self.register_buffer("calibration", torch.tensor([1.0, 0.0]))
 
     def logits(self, cand: torch.Tensor, beh: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated logits (what BCE trains)."""
         interest = self.attention(cand, beh, mask)  # (B, C, D)
         features = torch.cat([cand, interest, cand * interest], dim=-1)  # (B, C, 3D)
         return self.head(features).squeeze(-1)  # (B, C)
 
+    def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated logits: scale > 0, so the order of the scores (AUC, GAUC) is unchanged."""
+        return logits * self.calibration[0] + self.calibration[1]
+
     def forward(self, cand: torch.Tensor, beh: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(cand, beh, mask))
+        return torch.sigmoid(self.calibrate(self.logits(cand, beh, mask)))
 
 
 class ItemTower(nn.Module):
@@ -151,7 +160,9 @@ class Ranker(nn.Module):
         self.scorer = ScoringNet(cfg)
 
     def forward(self, candidates: torch.Tensor, behaviors: torch.Tensor) -> dict[str, torch.Tensor]:
-        """candidates (B, C) item rows; behaviors (B, L) item rows, padding = n_items."""
+        """candidates (B, C) item rows; behaviors (B, L) item rows, padding = n_items.
+        `logits` are uncalibrated (the training loss); `y_pred` is the calibrated probability,
+        the exported model's `scores`."""
         mask = (behaviors != self.cfg.n_items).float()
         logits = self.scorer.logits(self.items(candidates), self.items(behaviors), mask)
-        return {"logits": logits, "y_pred": torch.sigmoid(logits)}
+        return {"logits": logits, "y_pred": torch.sigmoid(self.scorer.calibrate(logits))}

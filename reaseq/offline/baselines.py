@@ -1,7 +1,9 @@
 """Non-learned baselines scored on the same test samples as the ranker (DESIGN §3.4).
 
 On sparse 5-core shop data an ID-only model can lose to these; a ranker that does not clear them
-is not done. All of them use train interactions only.
+is not done. All of them count train-period interactions only, from the interaction log: each
+user's first item counts too (it is an interaction, though not a sample); validation and test
+interactions never do.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from reaseq.offline.metrics import ctr_metrics
 from reaseq.offline.prepare import Prepared
 
 LAST_K = 10  # behaviors the co-occurrence and text baselines look at
-COOC_WINDOW = 5  # train positives this close in a user's sequence count as co-occurring
+COOC_WINDOW = 5  # train-period interactions this close in a user's sequence count as co-occurring
 
 
 def _score(test: pd.DataFrame, score: np.ndarray) -> dict[str, float]:
@@ -24,22 +26,17 @@ def _score(test: pd.DataFrame, score: np.ndarray) -> dict[str, float]:
     return ctr_metrics(test["user_row"].to_numpy(), test["label"].to_numpy(), squashed)
 
 
-def _train_positives(data: Prepared) -> pd.DataFrame:
-    s = data.samples
-    return s[(s["split"] == "train") & (s["label"] > 0.5)].sort_values(["user_row", "hist_end"])
+def popularity_counts(data: Prepared) -> np.ndarray:
+    """[N] train-period interactions per item, counted from the log (each user's first item
+    included: it is an interaction although not a sample), never from validation or test."""
+    return np.bincount(data.train_period_behaviors()["item_row"], minlength=data.n_items)
 
 
-def popularity(data: Prepared, test: pd.DataFrame) -> dict[str, float]:
-    """Score = the candidate's positive count in train samples."""
-    counts = np.bincount(_train_positives(data)["item_row"], minlength=data.n_items)
-    return _score(test, counts[test["item_row"].to_numpy()])
-
-
-def cooccurrence(data: Prepared, test: pd.DataFrame) -> dict[str, float]:
-    """Score = how often the candidate co-occurred (within a window, in train) with the user's
-    last behaviors, normalised by the candidate's popularity."""
-    pos = _train_positives(data)
-    users, items = pos["user_row"].to_numpy(), pos["item_row"].to_numpy()
+def cooccurrence_matrix(data: Prepared) -> sparse.csr_matrix:
+    """[N, N] symmetric counts of train-period item pairs at most COOC_WINDOW apart in a user's
+    log (the first item included)."""
+    log = data.train_period_behaviors()
+    users, items = log["user_row"].to_numpy(), log["item_row"].to_numpy()
     rows, cols = [], []
     for lag in range(1, COOC_WINDOW + 1):
         same = users[lag:] == users[:-lag]
@@ -47,10 +44,21 @@ def cooccurrence(data: Prepared, test: pd.DataFrame) -> dict[str, float]:
         cols.append(items[:-lag][same])
     r, c = np.concatenate(rows), np.concatenate(cols)
     n = data.n_items
-    cooc = sparse.coo_matrix(
+    return sparse.coo_matrix(
         (np.ones(2 * len(r)), (np.r_[r, c], np.r_[c, r])), shape=(n, n)
     ).tocsr()
-    pop = np.bincount(items, minlength=n) + 1.0
+
+
+def popularity(data: Prepared, test: pd.DataFrame) -> dict[str, float]:
+    """Score = the candidate's train-period interaction count."""
+    return _score(test, popularity_counts(data)[test["item_row"].to_numpy()])
+
+
+def cooccurrence(data: Prepared, test: pd.DataFrame) -> dict[str, float]:
+    """Score = how often the candidate co-occurred (within a window, in train) with the user's
+    last behaviors, normalised by the candidate's popularity."""
+    cooc = cooccurrence_matrix(data)
+    pop = popularity_counts(data) + 1.0
     hist = data.histories(test, LAST_K, pad=-1)
     cand = test["item_row"].to_numpy()
     score = np.zeros(len(test))

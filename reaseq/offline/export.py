@@ -3,6 +3,8 @@
 The scoring network goes to ONNX with dynamic batch, candidate and behavior axes; the item tower
 is evaluated once per catalog item and published as float16 vectors, together with each user's
 most recent behaviors as vectors. Parity with PyTorch is checked before anything is written.
+The calibration fitted on validation is a buffer of the scoring network, so the exported `scores`
+are calibrated probabilities; the manifest's metrics record its scale and bias.
 """
 
 from __future__ import annotations
@@ -99,6 +101,12 @@ def onnx_parity(scorer: ScoringNet, onnx_bytes: bytes, dim: int, seed: int = 0) 
     return worst
 
 
+def calibration_metrics(model: Ranker) -> dict[str, float]:
+    """The calibration folded into the exported model, for the manifest."""
+    scale, bias = (float(v) for v in model.scorer.calibration)
+    return {"calibration_scale": scale, "calibration_bias": bias}
+
+
 def user_behavior_vectors(
     data: Prepared, item_vectors: np.ndarray, max_len: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +179,7 @@ def export_release(
         code_version=code_version(),
         dataset=data.name,
         features=features,
-        metrics=metrics | {"onnx_parity_max_abs_diff": diff},
+        metrics=metrics | {"onnx_parity_max_abs_diff": diff} | calibration_metrics(model),
         ranker_config=json.loads(json.dumps(cfg.to_dict())),
     )
     (folder / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))

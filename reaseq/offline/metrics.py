@@ -1,4 +1,5 @@
-"""Ranking metrics: AUC, user-weighted GAUC (DIN paper) and LogLoss."""
+"""Ranking metrics: AUC, user-weighted GAUC (DIN paper), LogLoss, and calibration (constant
+predictor LogLoss, reliability bins, ECE)."""
 
 from __future__ import annotations
 
@@ -28,10 +29,49 @@ def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def ctr_metrics(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    scores = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
+    """AUC and GAUC on the scores as given; LogLoss on them clipped to [1e-7, 1 - 1e-7]. Clipping
+    only the LogLoss keeps AUC/GAUC order-only: clipped tails would tie and move them."""
+    scores = np.asarray(scores, dtype=np.float64)
+    clipped = np.clip(scores, 1e-7, 1 - 1e-7)
     return {
         "auc": float(roc_auc_score(labels, scores)),
         "gauc": float(gauc(users, labels, scores)),
-        "logloss": float(log_loss(labels, scores, labels=[0, 1])),
+        "logloss": float(log_loss(labels, clipped, labels=[0, 1])),
         "n": len(labels),
     }
+
+
+def constant_logloss(train_labels: np.ndarray, labels: np.ndarray) -> float:
+    """LogLoss of always predicting the train positive rate: the bar a calibrated model must
+    clear (0.693 for the balanced implicit protocol)."""
+    rate = float(np.mean(train_labels))
+    return float(log_loss(labels, np.full(len(labels), rate), labels=[0, 1]))
+
+
+def reliability(labels: np.ndarray, scores: np.ndarray, n_bins: int = 10) -> list[dict]:
+    """Equal-width bins of predicted probability: count, mean prediction and observed positive
+    rate per non-empty bin (the points of a reliability diagram)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    bins = np.minimum((scores * n_bins).astype(np.int64), n_bins - 1)
+    out = []
+    for b in range(n_bins):
+        inside = bins == b
+        if inside.any():
+            out.append(
+                {
+                    "lo": b / n_bins,
+                    "hi": (b + 1) / n_bins,
+                    "n": int(inside.sum()),
+                    "mean_score": float(scores[inside].mean()),
+                    "positive_rate": float(labels[inside].mean()),
+                }
+            )
+    return out
+
+
+def expected_calibration_error(table: list[dict]) -> float:
+    """Sample-weighted mean |observed rate - mean prediction| over the bins of `reliability`."""
+    total = sum(row["n"] for row in table)
+    gaps = sum(row["n"] * abs(row["positive_rate"] - row["mean_score"]) for row in table)
+    return gaps / total if total else float("nan")

@@ -1,6 +1,6 @@
-"""The offline pipeline: load -> prepare -> encode -> train (per feature set) -> report -> export
--> publish. Each step writes into one artifacts folder per dataset; `encode` is cached by content
-hash, so reruns skip the slowest step.
+"""The offline pipeline: load -> prepare -> encode -> train and calibrate (per feature set) ->
+report (with a reliability diagram) -> export -> publish. Each step writes into one artifacts
+folder per dataset; `encode` is cached by content hash, so reruns skip the slowest step.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from reaseq.offline.baselines import all_baselines
+from reaseq.offline.calibration import plot_reliability
 from reaseq.offline.datasets import load_dataset
 from reaseq.offline.export import export_release
+from reaseq.offline.metrics import constant_logloss, expected_calibration_error
 from reaseq.offline.prepare import PrepareConfig, Prepared, prepare
 from reaseq.offline.representations import build_representation, representation_kind
 from reaseq.offline.text_reps import EMBED_CACHE, TextRepConfig
@@ -39,6 +41,7 @@ KNOWN_DATASETS = {
     "office": "amazon14-office",
     "ml-100k": "ml-100k",
 }
+RELIABILITY_FILE = "reliability.png"
 
 
 def shared_data_dir() -> Path:
@@ -167,14 +170,27 @@ def run_pipeline(
         timings[f"train_{features}_s"] = time.perf_counter() - t
         log(f"[{features}] test {_fmt(result.metrics['test'])} (best epoch {result.best_epoch})")
 
+    split = data.samples["split"]
+    train_labels = data.samples.loc[split == "train", "label"].to_numpy()
     report = {
         "dataset": name,
         "protocol": data.protocol,
         "data": data.summary(),
+        "constant_predictor": {
+            "train_positive_rate": float(train_labels.mean()),
+            "test_logloss": constant_logloss(
+                train_labels, data.samples.loc[split == "test", "label"].to_numpy()
+            ),
+        },
         "results": {
             f: {
                 "test": r.metrics["test"],
+                "test_uncalibrated": r.metrics["test_uncalibrated"],
                 "val": r.metrics["val"],
+                "val_uncalibrated": r.metrics["val_uncalibrated"],
+                "calibration": r.calibration.to_dict(),
+                "test_ece": {k: expected_calibration_error(v) for k, v in r.reliability.items()},
+                "test_reliability": r.reliability,
                 "best_epoch": r.best_epoch,
                 "train_seconds": round(r.seconds, 1),
             }
@@ -184,10 +200,15 @@ def run_pipeline(
         "config": _jsonable(asdict(cfg)),
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
+    if results:
+        panels = {f"ranker {f}": r.reliability for f, r in results.items()}
+        png = plot_reliability(panels, work / RELIABILITY_FILE, f"{name}: test reliability")
+        report["reliability_png"] = str(png)
     release_dir = None
     if export and cfg.export_features in results:
         chosen = results[cfg.export_features]
         metrics = {f"test_{k}": v for k, v in chosen.metrics["test"].items() if k != "n"}
+        metrics["test_logloss_uncalibrated"] = chosen.metrics["test_uncalibrated"]["logloss"]
         release_dir = export_release(
             chosen.model, data, work / "exports", cfg.export_features, metrics
         )
@@ -199,23 +220,33 @@ def run_pipeline(
 
 
 def render_report(report: dict) -> str:
+    const = report["constant_predictor"]
     lines = [
         f"# {report['dataset']} — {report['protocol']}",
         "",
-        "| model | test AUC | test GAUC | test LogLoss | val AUC | best epoch |",
-        "|---|---|---|---|---|---|",
+        "| model | test AUC | test GAUC | test LogLoss uncalibrated -> calibrated "
+        "| calibration (scale, bias) | val AUC | best epoch |",
+        "|---|---|---|---|---|---|---|",
     ]
     for features, r in report["results"].items():
-        t, v = r["test"], r["val"]
+        t, u, v, c = r["test"], r["test_uncalibrated"], r["val"], r["calibration"]
         lines.append(
-            f"| ranker `{features}` | {t['auc']:.4f} | {t['gauc']:.4f} | {t['logloss']:.4f} "
+            f"| ranker `{features}` | {t['auc']:.4f} | {t['gauc']:.4f} "
+            f"| {u['logloss']:.4f} -> {t['logloss']:.4f} "
+            f"| {c['method']} ({c['scale']:.3f}, {c['bias']:+.3f}) "
             f"| {v['auc']:.4f} | {r['best_epoch']} |"
         )
+    lines.append(
+        f"| constant {const['train_positive_rate']:.4f} (train positive rate) | 0.5 | 0.5 "
+        f"| {const['test_logloss']:.4f} | | | |"
+    )
     for name, t in report["baselines"].items():
-        lines.append(f"| baseline {name} | {t['auc']:.4f} | {t['gauc']:.4f} | n/a | | |")
+        lines.append(f"| baseline {name} | {t['auc']:.4f} | {t['gauc']:.4f} | n/a | | | |")
     lines += [
         "",
-        "Baselines score ranks, not probabilities, so their LogLoss is not comparable (n/a).",
+        "Calibration is fitted on validation only; it is monotone, so AUC and GAUC are those of",
+        "the uncalibrated scores. Baselines score ranks, not probabilities: LogLoss n/a.",
+        f"reliability diagram: {report.get('reliability_png', 'n/a')}",
         f"samples: {report['data']['samples']}",
         f"timings (s): {report['timings']}",
         "",

@@ -4,9 +4,9 @@ Protocols (DESIGN §3.4, the DIN / BARS Amazon protocol so numbers sit beside pu
 
 * implicit (Amazon, generic without labels): each user's log in time order (file order where the
   data has no timestamps); every interaction after the first is a positive whose behaviors are the
-  user's earlier items, paired with one negative drawn uniformly (fixed seed) from items the user
-  never touched, with the same behaviors. Last interaction -> test, second last -> validation,
-  the rest -> train.
+  user's earlier items, paired with one negative drawn uniformly (fixed seed) from the items that
+  occur in the interaction log and that the user never touched, with the same behaviors. Last
+  interaction -> test, second last -> validation, the rest -> train.
 * explicit (MovieLens, generic with a label column): every rating is a sample with its own label;
   splits by global time (last 10% -> test, the 10% before -> validation); behaviors are the user's
   earlier items with label 1.
@@ -98,6 +98,26 @@ class Prepared:
             samples=pd.read_parquet(out_dir / SAMPLES_FILE),
         )
 
+    def train_period_behaviors(self) -> pd.DataFrame:
+        """Behaviors (user_row, item_row; per user oldest first) before the user's first validation
+        or test sample: the train period of the interaction log. Each user's first item is in it
+        although it is not a sample, so counts made here miss nothing that train may see."""
+        lengths = np.diff(self.beh_offsets)
+        if self.protocol == "implicit-leave-last-out":  # the last two are val and test, always
+            cutoff = np.maximum(lengths - 2, 0)  # (a 2-item user's first item is its val one)
+        else:  # global time split: behaviors before the user's first held-out rating
+            cutoff = lengths.copy()
+            held_out = self.samples[self.samples["split"] != "train"]
+            first = held_out.groupby("user_row")["hist_end"].min()
+            rows = first.index.to_numpy()
+            cutoff[rows] = np.minimum(cutoff[rows], first.to_numpy())
+        users = np.repeat(np.arange(len(lengths)), lengths)
+        position = np.arange(len(self.beh_items)) - self.beh_offsets[users]
+        keep = position < cutoff[users]
+        return pd.DataFrame(
+            {"user_row": users[keep], "item_row": self.beh_items[keep].astype(np.int64)}
+        )
+
     def histories(self, samples: pd.DataFrame, max_len: int, pad: int) -> np.ndarray:
         """Right-aligned behavior item rows [S, max_len] for samples; `pad` fills the rest."""
         start = self.beh_offsets[samples["user_row"].to_numpy()]
@@ -122,13 +142,19 @@ def _csr(users: np.ndarray, n_users: int) -> np.ndarray:
 
 
 def _sample_negatives(
-    user_rows: np.ndarray, touched: np.ndarray, n_items: int, rng: np.random.Generator
+    user_rows: np.ndarray,
+    touched: np.ndarray,
+    pool: np.ndarray,
+    n_items: int,
+    rng: np.random.Generator,
 ) -> np.ndarray:
-    """One uniform negative per positive among items the user never touched (rejection sampling).
+    """One uniform negative per positive among `pool` items the user never touched (rejection
+    sampling). `pool` is the sorted item rows that occur in the interaction log: a catalog row
+    nobody ever touched would be a trivially easy negative.
 
     `touched` is the sorted array of user_row * n_items + item_row keys of all interactions.
     """
-    negatives = rng.integers(0, n_items, size=len(user_rows))
+    negatives = pool[rng.integers(0, len(pool), size=len(user_rows))]
     todo = np.arange(len(user_rows))
     for _ in range(1000):
         keys = user_rows[todo] * n_items + negatives[todo]
@@ -137,8 +163,8 @@ def _sample_negatives(
         todo = todo[clash]
         if len(todo) == 0:
             return negatives
-        negatives[todo] = rng.integers(0, n_items, size=len(todo))
-    raise ValueError("could not sample negatives: some users touched (almost) every item")
+        negatives[todo] = pool[rng.integers(0, len(pool), size=len(todo))]
+    raise ValueError("could not sample negatives: some users touched (almost) every logged item")
 
 
 def prepare(raw: RawDataset, cfg: PrepareConfig | None = None) -> Prepared:
@@ -199,7 +225,8 @@ def prepare(raw: RawDataset, cfg: PrepareConfig | None = None) -> Prepared:
         touched = np.unique(inter["user_row"].to_numpy() * n_items + inter["item_row"].to_numpy())
         rng = np.random.default_rng(cfg.seed)
         neg = pos.copy()
-        neg["item_row"] = _sample_negatives(pos["user_row"].to_numpy(), touched, n_items, rng)
+        pool = np.unique(inter["item_row"].to_numpy())  # items that occur in the log
+        neg["item_row"] = _sample_negatives(pos["user_row"].to_numpy(), touched, pool, n_items, rng)
         neg["label"] = np.float32(0.0)
         samples = pd.concat([pos, neg], ignore_index=True)
         beh = inter

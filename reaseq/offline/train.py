@@ -1,6 +1,8 @@
-"""Job `train`: fit the ranker on train samples, early-stop on validation, report on test.
+"""Job `train`: fit the ranker on train samples, early-stop on validation, calibrate on
+validation, report on test.
 
-Early stopping looks at validation AUC only; test is scored once, with the best weights.
+Early stopping looks at validation AUC only; the calibration (offline/calibration.py) is fitted on
+validation only; test is scored once, with the best weights, before and after calibration.
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ import pandas as pd
 import torch
 
 from reaseq.models.ranker import Ranker, RankerConfig
-from reaseq.offline.metrics import ctr_metrics
+from reaseq.offline.calibration import (
+    Calibration,
+    Method,
+    check_method,
+    fit_calibration,
+    sigmoid,
+)
+from reaseq.offline.metrics import ctr_metrics, reliability
 from reaseq.offline.prepare import Prepared
 from reaseq.offline.representations import representation_kind
 
@@ -34,16 +43,19 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     eval_batch_size: int = 4096
+    calibration: Method = "platt"  # fitted on validation after training: platt | temperature | none
     ranker: RankerConfig = field(default_factory=RankerConfig)
 
 
 @dataclass
 class TrainResult:
-    model: Ranker
-    metrics: dict[str, dict[str, float]]  # split -> metrics
+    model: Ranker  # best weights, calibration folded into model.scorer
+    metrics: dict[str, dict[str, float]]  # val, test (calibrated), val_/test_uncalibrated
     history: list[dict[str, float]]
     best_epoch: int
     seconds: float
+    calibration: Calibration = field(default_factory=lambda: Calibration("none"))
+    reliability: dict[str, list[dict]] = field(default_factory=dict)  # test, per calibration
 
 
 def _tensors(
@@ -64,11 +76,12 @@ def trim(hist: torch.Tensor, pad: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: Ranker, cand: torch.Tensor, hist: torch.Tensor, batch: int) -> np.ndarray:
+def predict_logits(model: Ranker, cand: torch.Tensor, hist: torch.Tensor, batch: int) -> np.ndarray:
+    """Uncalibrated logits; metrics take float64 sigmoids of them (no float32 saturation ties)."""
     model.eval()
     pad = model.cfg.n_items
     out = [
-        model(cand[i : i + batch, None], trim(hist[i : i + batch], pad))["y_pred"][:, 0]
+        model(cand[i : i + batch, None], trim(hist[i : i + batch], pad))["logits"][:, 0]
         for i in range(0, len(cand), batch)
     ]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
@@ -83,6 +96,7 @@ def train_ranker(
 ) -> TrainResult:
     """`on_epoch(row)` after each epoch's validation; `on_batch(done, total)` for progress bars."""
     kind = representation_kind(cfg.features)  # None for "id"; raises on unknown sets
+    check_method(cfg.calibration)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rcfg = cfg.ranker
@@ -121,7 +135,7 @@ def train_ranker(
             total += loss.item() * len(idx)
             if on_batch:
                 on_batch(step, n_batches)
-        val_pred = predict(model, val_c, val_h, cfg.eval_batch_size)
+        val_pred = sigmoid(predict_logits(model, val_c, val_h, cfg.eval_batch_size))
         val = ctr_metrics(val_s["user_row"].to_numpy(), val_s["label"].to_numpy(), val_pred)
         row = {"epoch": epoch, "train_loss": total / max(len(order), 1)} | {
             f"val_{k}": v for k, v in val.items() if k != "n"
@@ -139,15 +153,30 @@ def train_ranker(
     if best_state is not None:
         model.load_state_dict(best_state)
 
-    metrics = {}
+    # validation only: test labels never reach the fit (a test pins this)
+    val_logits = predict_logits(model, val_c, val_h, cfg.eval_batch_size)
+    calibration = fit_calibration(val_logits, val_s["label"].to_numpy(), cfg.calibration)
+    set_calibration(model, calibration)
+
+    metrics, curves = {}, {}
     for split in ("val", "test"):
         s, c, h = _tensors(data, split, rcfg.max_behaviors)
-        metrics[split] = ctr_metrics(
-            s["user_row"].to_numpy(),
-            s["label"].to_numpy(),
-            predict(model, c, h, cfg.eval_batch_size),
-        )
-    return TrainResult(model, metrics, history, best_epoch, time.perf_counter() - start)
+        users, labels = s["user_row"].to_numpy(), s["label"].to_numpy()
+        logits = predict_logits(model, c, h, cfg.eval_batch_size)
+        before, after = sigmoid(logits), calibration.probabilities(logits)
+        metrics[split] = ctr_metrics(users, labels, after)
+        metrics[f"{split}_uncalibrated"] = ctr_metrics(users, labels, before)
+        if split == "test":
+            curves = {"uncalibrated": reliability(labels, before)}
+            curves[f"calibrated ({calibration.method})"] = reliability(labels, after)
+    seconds = time.perf_counter() - start
+    return TrainResult(model, metrics, history, best_epoch, seconds, calibration, curves)
+
+
+def set_calibration(model: Ranker, calibration: Calibration) -> None:
+    """Fold (scale, bias) into the scoring network: checkpoint and ONNX export carry it."""
+    with torch.no_grad():
+        model.scorer.calibration.copy_(torch.tensor([calibration.scale, calibration.bias]))
 
 
 def save_checkpoint(result: TrainResult, cfg: TrainConfig, path: Path) -> None:
@@ -159,6 +188,7 @@ def save_checkpoint(result: TrainResult, cfg: TrainConfig, path: Path) -> None:
             "ranker_config": result.model.cfg.to_dict(),
             "train_config": {k: v for k, v in asdict(cfg).items() if k != "ranker"},
             "metrics": result.metrics,
+            "calibration": result.calibration.to_dict(),
             "best_epoch": result.best_epoch,
         },
         path,
@@ -173,6 +203,8 @@ def load_checkpoint(path: Path) -> tuple[Ranker, dict]:
     rcfg = RankerConfig(**rcfg_dict)
     reps = torch.zeros(rcfg.n_items, rcfg.rep_in_dim) if rcfg.rep_in_dim else None
     model = Ranker(rcfg, reps)
-    model.load_state_dict(ckpt["state_dict"])
+    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    if unexpected or set(missing) - {"scorer.calibration"}:  # older checkpoints: uncalibrated
+        raise RuntimeError(f"{path}: checkpoint does not fit the ranker: {missing=} {unexpected=}")
     model.eval()
     return model, ckpt

@@ -41,6 +41,7 @@ from reaseq.service.releases import (
 from reaseq.service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+CLOSE_WAIT_S = 5.0  # how long close() waits for the release poller to stop
 T = TypeVar("T")
 
 
@@ -82,6 +83,7 @@ class Ranker:
         self._refusals: dict[str, str] = {}  # release -> why it failed its checks (not retried)
         self._pointer: str | None = None  # the release the active pointer named at last look
         self._poller: asyncio.Task | None = None
+        self._closing = False
         self._refresh_lock = asyncio.Lock()
         self._retiring: dict[asyncio.Task, str] = {}  # previous releases draining after a switch
         self._last_problem: str | None = None  # why the last pointer check / load failed
@@ -109,10 +111,10 @@ class Ranker:
         return ranker
 
     async def close(self) -> None:
+        self._closing = True  # the poller also stops on this if a cancel is lost in a timeout race
         if self._poller:
             self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+            await asyncio.wait({self._poller}, timeout=CLOSE_WAIT_S)
         with contextlib.suppress(ReaseqError):
             await self.source.clear_in_use(self.instance)
         if self._active:
@@ -123,7 +125,7 @@ class Ranker:
     # --- release following -------------------------------------------------------------------
 
     async def _follow(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.settings.release_poll_interval_s)
             try:
                 await self.refresh()

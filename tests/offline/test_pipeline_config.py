@@ -12,6 +12,7 @@ def test_example_config_loads_into_nested_dataclasses() -> None:
     assert cfg.features == ("id", "id+text")
     assert cfg.train.ranker.attention == "dot" and cfg.train.ranker.max_behaviors == 100
     assert cfg.text.dim == 64
+    assert cfg.train.calibration == "platt"
 
 
 def test_unknown_keys_are_errors(tmp_path) -> None:
