@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -443,7 +444,7 @@ def bench(
             )
         )
     console.print(format_report(stats), soft_wrap=True, markup=False)
-    print(json.dumps(stats))
+    print(_json(stats))
     _exit_on_failed_requests(stats)
 
 
@@ -487,7 +488,7 @@ def bench_switch_cmd(
             concurrency=concurrency,
         )
     )
-    console.print_json(json.dumps(stats))
+    console.print_json(_json(stats))
     _exit_on_failed_requests(stats)
 
 
@@ -513,7 +514,22 @@ def bench_verify_cmd(
     url = redis_url or _settings(None, None, None).redis_url
     with _clear_errors():
         stats = measure(url, items, users, behaviors, dim, repeats)
-    console.print_json(json.dumps({"items": items, "users": users, "behaviors": behaviors} | stats))
+    console.print_json(_json({"items": items, "users": users, "behaviors": behaviors} | stats))
+
+
+def _json(stats: Any) -> str:
+    """Strict JSON: an undefined figure (no successful request to time) is null, not NaN."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(stats), allow_nan=False)
 
 
 def _exit_on_failed_requests(stats: dict[str, Any]) -> None:

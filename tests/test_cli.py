@@ -151,6 +151,8 @@ def test_bench_says_where_its_ids_come_from_and_fails_clearly(tmp_path, releases
     assert result.exit_code == 1, result.output
     assert f"items from release folder {release}" in result.stderr
     assert "error: 5 requests failed; first: UNAVAILABLE" in result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])  # strict JSON: null, not NaN
+    assert report["errors"] == 5 and report["p50_ms"] is None
 
     stored = runner.invoke(app, [*args, "--releases-dir", str(releases_dir)], terminal_width=400)
     assert stored.exit_code == 1
