@@ -125,6 +125,10 @@ class EmbeddedPublisher:
         release = manifest.release
         final = self.dir / release
         if final.exists():
+            if read_manifest(final).values_sha256 is None:  # published before value digests
+                verify_release_files(final, manifest)
+                write_atomic(final / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
+                self.step("recorded the values digest")
             self.verify(release)
         else:
             for stale in self.dir.glob(f".tmp-{release}-*"):
@@ -259,6 +263,10 @@ class RedisPublisher:
             score = dt.datetime.fromisoformat(manifest.created_at).timestamp()
             self.client.zadd(self.keys.releases, {release: score})
             self.step("complete")
+        elif self._stored_manifest(release).values_sha256 is None:  # before value digests
+            self._verify_written(manifest)  # the stored values must be the export's
+            self.client.set(self.keys.manifest(release), manifest.model_dump_json())
+            self.step("recorded the values digest")
         if activate:
             self.activate(release)
         self.gc(keep)
@@ -278,17 +286,20 @@ class RedisPublisher:
             )
         verifier.finish()
 
-    def verify(self, release: str) -> ReleaseManifest:
-        """Everything the service checks before serving: manifest, model hash, every value."""
-        if self.client.zscore(self.keys.releases, check_release_id(release)) is None:
-            raise ReleaseCheckError(f"release {release} is not a complete release in Redis")
+    def _stored_manifest(self, release: str) -> ReleaseManifest:
         raw = self.client.get(self.keys.manifest(release))
         if raw is None:
             raise ReleaseCheckError(f"release {release}: manifest key is missing")
         try:
-            manifest = ReleaseManifest.model_validate_json(raw)
+            return ReleaseManifest.model_validate_json(raw)
         except ValueError as err:
             raise ReleaseCheckError(f"release {release}: {manifest_problem(err)}") from None
+
+    def verify(self, release: str) -> ReleaseManifest:
+        """Everything the service checks before serving: manifest, model hash, every value."""
+        if self.client.zscore(self.keys.releases, check_release_id(release)) is None:
+            raise ReleaseCheckError(f"release {release} is not a complete release in Redis")
+        manifest = self._stored_manifest(release)
         self._verify_written(manifest)
         return manifest
 

@@ -5,31 +5,18 @@ logs; valid calls, health and reflection are unchanged by taking the request as 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
-from reaseq.service.grpc_server import SERVICE_NAME, build_grpc_server
-from reaseq.service.ranking import Ranker
+from reaseq.service.grpc_server import SERVICE_NAME
 from reaseq.v1 import ranking_pb2
 
 pytestmark = pytest.mark.anyio
 
 RANK_METHOD = f"/{SERVICE_NAME}/Rank"
-
-
-@pytest.fixture
-async def channel(ranker: Ranker) -> AsyncIterator[grpc.aio.Channel]:
-    server, port = build_grpc_server(ranker, "127.0.0.1", 0)
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            yield ch
-    finally:
-        await server.stop(None)
 
 
 def raw_rank(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryMultiCallable:

@@ -30,7 +30,7 @@ from reaseq.core.release import (
 )
 from reaseq.offline.publish import EmbeddedPublisher, RedisPublisher, describe, rollback_target
 from reaseq.service import metrics
-from reaseq.service.errors import CorruptFeatures, InvalidModelOutput
+from reaseq.service.errors import CorruptFeatures, InvalidModelOutput, NotReady
 from reaseq.service.query import RankQuery
 from reaseq.service.ranking import Ranker
 from reaseq.service.settings import ServiceSettings
@@ -356,3 +356,35 @@ def test_verification_reads_the_values_not_only_the_manifest(published, redis_cl
     with pytest.raises(ReleaseCheckError, match="digest"):
         pub.verify(second)
     assert manifest.values_sha256
+
+
+async def test_a_release_published_before_value_digests_is_refused_then_republished(
+    redis_client, redis_server, pipeline_run, tmp_path, release_ids
+) -> None:
+    """Old releases carry no digest: the service refuses them clearly, and publishing the same
+    export again records the digest (after checking the stored values) instead of failing."""
+    keys = KeySchema(NS)
+    red = RedisPublisher(redis_client, keys)
+    release = red.publish(pipeline_run.release_dir)
+    old = red.verify(release).model_copy(update={"values_sha256": None})
+    redis_client.set(keys.manifest(release), old.model_dump_json())
+    ranker = await Ranker.open(redis_settings(redis_server.url), follow=False)
+    try:
+        assert not ranker.is_ready()
+        with pytest.raises(NotReady, match=r"no values digest.*publish it again"):
+            await ranker.rank(RankQuery(*release_ids))
+    finally:
+        await ranker.close()
+    assert red.publish(pipeline_run.release_dir) == release
+    assert red.verify(release).values_sha256
+
+    emb = EmbeddedPublisher(tmp_path / "releases")
+    release = emb.publish(pipeline_run.release_dir)
+    folder = tmp_path / "releases" / release
+    (folder / MANIFEST_FILE).write_text(
+        read_manifest(folder).model_copy(update={"values_sha256": None}).model_dump_json()
+    )
+    with pytest.raises(ReleaseCheckError, match="no values digest"):
+        emb.activate(release)
+    assert emb.publish(pipeline_run.release_dir) == release
+    assert emb.verify(release).values_sha256

@@ -45,17 +45,6 @@ async def http(ranker: Ranker) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-@pytest.fixture
-async def channel(ranker: Ranker) -> AsyncIterator[grpc.aio.Channel]:
-    server, port = build_grpc_server(ranker, "127.0.0.1", 0)
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            yield ch
-    finally:
-        await server.stop(None)
-
-
 def body(user_id: str, items: list[str], recent: list[str] | None = None) -> dict[str, Any]:
     return {"user_id": user_id, "candidate_item_ids": items, "recent_item_ids": recent or []}
 
