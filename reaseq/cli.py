@@ -29,6 +29,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from reaseq.cli_makr import makr_app
 from reaseq.service.settings import ServiceSettings
 
 app = typer.Typer(
@@ -37,6 +38,7 @@ app = typer.Typer(
 )
 release_app = typer.Typer(help="List, activate and roll back releases.")
 app.add_typer(release_app, name="release")
+app.add_typer(makr_app, name="makr")
 console = Console()
 err_console = Console(stderr=True)  # errors and "which store" lines: stdout stays parseable
 

@@ -21,6 +21,7 @@ from reaseq.offline.baselines import all_baselines
 from reaseq.offline.calibration import plot_reliability
 from reaseq.offline.datasets import load_dataset
 from reaseq.offline.export import export_release
+from reaseq.offline.makr.job import MakrConfig
 from reaseq.offline.metrics import constant_logloss, expected_calibration_error
 from reaseq.offline.prepare import PrepareConfig, Prepared, prepare
 from reaseq.offline.representations import build_representation, representation_kind
@@ -78,6 +79,7 @@ class PipelineConfig:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     text: TextRepConfig = field(default_factory=TextRepConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    makr: MakrConfig = field(default_factory=MakrConfig)  # knowledge for id+makr / id+hybrid
 
 
 def apply_overrides(target: object, values: dict, where: str = "config") -> None:
@@ -141,7 +143,7 @@ def run_pipeline(
     reps: dict[str, np.ndarray] = {}
     for kind in dict.fromkeys(filter(None, map(representation_kind, cfg.features))):
         t = time.perf_counter()
-        reps[kind] = build_representation(kind, data, work, cfg.text)
+        reps[kind] = build_representation(kind, data, work, cfg.text, makr=cfg.makr)
         timings[f"encode_{kind}_s"] = time.perf_counter() - t
         log(f"item representations '{kind}' {reps[kind].shape} in {time.perf_counter() - t:.1f}s")
 

@@ -2,8 +2,8 @@
 matrix (row = item row), written to `<work>/reps/<kind>/item_reps.npy`.
 
 Feature sets name it: `id+<kind>` trains the ranker on `[ID embedding ‖ representation]`.
-v0 ships `text` (MiniLM + PCA); MAKR registers `makr` (and `hybrid`) here without touching the
-ranker, export, publish or the service.
+`text` is MiniLM + PCA over the raw item text; `makr` and `hybrid` encode the MAKR knowledge
+(offline/makr/encode.py) and need nothing changed in the ranker, export, publish or the service.
 """
 
 from __future__ import annotations
@@ -16,14 +16,26 @@ import numpy as np
 from reaseq.offline.prepare import Prepared
 from reaseq.offline.text_reps import TextRepConfig, build_text_representation
 
-Builder = Callable[[Prepared, Path, TextRepConfig], np.ndarray]
+Builder = Callable[..., np.ndarray]  # (data, out_dir, text cfg, **options) -> [N, d]
 
 
-def _text(data: Prepared, out_dir: Path, cfg: TextRepConfig) -> np.ndarray:
+def _text(data: Prepared, out_dir: Path, cfg: TextRepConfig, **_: object) -> np.ndarray:
     return build_text_representation(data.items["text"].fillna("").tolist(), out_dir, cfg)
 
 
-BUILDERS: dict[str, Builder] = {"text": _text}
+def _makr(kind: str) -> Builder:
+    def build(data: Prepared, out_dir: Path, cfg: TextRepConfig, makr=None) -> np.ndarray:
+        from reaseq.offline.makr.encode import encode
+        from reaseq.offline.makr.job import ensure_knowledge
+
+        # out_dir = <work>/reps/<kind>: the knowledge lives under <work>/makr/<model>
+        records = ensure_knowledge(data, out_dir.parent.parent, makr)
+        return encode(kind, data, records, out_dir, cfg).reps
+
+    return build
+
+
+BUILDERS: dict[str, Builder] = {"text": _text, "makr": _makr("makr"), "hybrid": _makr("hybrid")}
 
 
 def representation_kind(features: str) -> str | None:
@@ -37,5 +49,8 @@ def representation_kind(features: str) -> str | None:
     return kind
 
 
-def build_representation(kind: str, data: Prepared, work: Path, cfg: TextRepConfig) -> np.ndarray:
-    return BUILDERS[kind](data, work / "reps" / kind, cfg)
+def build_representation(
+    kind: str, data: Prepared, work: Path, cfg: TextRepConfig, **options: object
+) -> np.ndarray:
+    """`options` go to the builder (e.g. `makr=MakrConfig(...)` for the MAKR kinds)."""
+    return BUILDERS[kind](data, work / "reps" / kind, cfg, **options)

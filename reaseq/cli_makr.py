@@ -1,0 +1,257 @@
+"""`reaseq makr ...`: item knowledge from LLM agents (run, export), its quality (eval) and the
+representations built from it (encode). Imports of llama.cpp, Ray and torch stay inside the
+commands."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import TimeRemainingColumn as Remaining
+
+makr_app = typer.Typer(help="MAKR: item knowledge from LLM agents, its quality and its encoding.")
+console = Console()
+err_console = Console(stderr=True)
+
+DatasetArg = Annotated[
+    str,
+    typer.Argument(
+        help="synthetic | scientific | office | ml-100k (names under $REASEQ_SHARED_DATA, "
+        "default ../shared/data) | a dataset folder or file"
+    ),
+]
+ArtifactsOpt = Annotated[
+    Path,
+    typer.Option(help="artifacts folder, relative to the current directory", show_default=True),
+]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        help="shipped model (gemma3-270m, smollm2-135m), a .gguf path, or the endpoint's model "
+        "name with --backend openai",
+        show_default=True,
+    ),
+]
+BackendOpt = Annotated[
+    str, typer.Option(help="embedded (llama.cpp in-process) | openai (any compatible endpoint)")
+]
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[red]error:[/] {message}", soft_wrap=True, markup=False)
+    raise typer.Exit(2)
+
+
+def _catalog(dataset: str, artifacts: Path):
+    """(name, items frame) for a dataset argument; a bad argument is one clear line."""
+    from reaseq.offline.datasets import load_dataset
+    from reaseq.offline.pipeline import resolve_dataset
+
+    try:
+        name, path = resolve_dataset(dataset, artifacts / "synthetic")
+        raw = load_dataset(path, name=name)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    return name, raw.items
+
+
+def _makr_config(backend, model, base_url, output, engine, workers, limit, threads, concurrency):
+    from reaseq.offline.makr.job import MakrConfig
+    from reaseq.offline.makr.llm import LLMConfig
+
+    llm = LLMConfig(backend=backend, model=model, n_threads=threads, concurrency=concurrency)
+    if base_url:
+        llm.base_url = base_url
+    return MakrConfig(llm=llm, output=output, engine=engine, workers=workers, limit=limit)
+
+
+@makr_app.command("run")
+def run_cmd(
+    dataset: DatasetArg,
+    backend: BackendOpt = "embedded",
+    model: ModelOpt = "gemma3-270m",
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            help="OpenAI-compatible base URL (key from $OPENAI_API_KEY)",
+            show_default="http://127.0.0.1:8080/v1",
+        ),
+    ] = None,
+    output: Annotated[
+        str, typer.Option(help="fields (one forced field per line) | json (schema-constrained)")
+    ] = "fields",
+    engine: Annotated[str, typer.Option(help="local | ray ($RAY_ADDRESS, else a local Ray)")] = (
+        "local"
+    ),
+    workers: Annotated[int, typer.Option(help="Ray actors, each with its own model copy")] = 1,
+    limit: Annotated[int, typer.Option(help="first N items only; 0 = all")] = 0,
+    threads: Annotated[int, typer.Option(help="llama.cpp threads; 0 = all cores")] = 0,
+    concurrency: Annotated[int, typer.Option(help="endpoint requests in flight")] = 4,
+    artifacts: ArtifactsOpt = Path("artifacts"),
+    work: Annotated[
+        Path | None,
+        typer.Option(
+            help="MAKR folder (cache, knowledge)", show_default="ARTIFACTS/NAME/makr/MODEL"
+        ),
+    ] = None,
+) -> None:
+    """Run the agents over every item: cached, resumable (rerun to continue), with a report."""
+    from reaseq.offline.makr.job import MakrRun
+    from reaseq.offline.makr.llm import LLMError
+
+    name, items = _catalog(dataset, artifacts)
+    cfg = _makr_config(
+        backend, model, base_url, output, engine, workers, limit, threads, concurrency
+    )
+    folder = work or artifacts / name / "makr" / Path(model).stem
+    try:
+        job = MakrRun(items, folder, cfg, dataset=name)
+    except (FileNotFoundError, ValueError, LLMError) as err:
+        _fail(str(err))
+    if job.seeded:
+        console.print(f"seeded {job.seeded} cached results from shipped knowledge")
+    columns = (
+        TextColumn(f"makr {name}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        Remaining(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        bar = progress.add_task("items", total=None)
+        try:
+            report = job.run(lambda done, total: progress.update(bar, completed=done, total=total))
+        except (LLMError, ValueError) as err:
+            _fail(str(err))
+    console.print_json(json.dumps(asdict(report)))
+    console.print(f"knowledge: {folder / 'knowledge.jsonl'}")
+
+
+@makr_app.command("export")
+def export_cmd(
+    dataset: DatasetArg,
+    to: Annotated[
+        Path | None,
+        typer.Option(help="output .jsonl.gz", show_default="knowledge/NAME.jsonl.gz"),
+    ] = None,
+    model: ModelOpt = "gemma3-270m",
+    output: Annotated[str, typer.Option(help="output mode the run used")] = "fields",
+    artifacts: ArtifactsOpt = Path("artifacts"),
+) -> None:
+    """Write a run's plans and knowledge as the compressed file that ships with the repo."""
+    from reaseq.offline.makr.job import SHIPPED_DIR, MakrRun
+
+    name, items = _catalog(dataset, artifacts)
+    cfg = _makr_config("embedded", model, None, output, "local", 1, 0, 0, 1)
+    job = MakrRun(items, artifacts / name / "makr" / Path(model).stem, cfg)
+    path = to or SHIPPED_DIR / f"{name}.jsonl.gz"
+    n = job.export(path)
+    console.print(f"{n} of {len(items)} items -> {path} ({path.stat().st_size / 1e6:.2f} MB)")
+
+
+def _prepared(dataset: str, artifacts: Path):
+    from reaseq.offline.datasets import load_dataset
+    from reaseq.offline.pipeline import resolve_dataset
+    from reaseq.offline.prepare import PrepareConfig, prepare
+
+    try:
+        name, path = resolve_dataset(dataset, artifacts / "synthetic")
+        raw = load_dataset(path, name=name)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    return name, path, prepare(raw, PrepareConfig())
+
+
+def _knowledge(folder: Path) -> dict[str, dict]:
+    from reaseq.offline.makr.job import KNOWLEDGE_FILE, load_knowledge
+
+    records = load_knowledge(folder)
+    if not records:
+        _fail(f"no knowledge in {folder / KNOWLEDGE_FILE}: run `reaseq makr run` first")
+    return records
+
+
+def _table(rows: dict[str, dict], columns: list[str]) -> str:
+    def cell(value) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(cell(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+@makr_app.command("encode")
+def encode_cmd(
+    dataset: DatasetArg,
+    model: ModelOpt = "gemma3-270m",
+    artifacts: ArtifactsOpt = Path("artifacts"),
+) -> None:
+    """Knowledge -> MiniLM -> CF-aligned projector (makr, hybrid); Macro Recall and SM-HR for
+    title-only, text, makr and hybrid, written to representations.json."""
+    from reaseq.offline.makr.encode import representation_report
+    from reaseq.offline.makr.evaluate import catalog_facts, substitutes_by_item
+
+    name, path, data = _prepared(dataset, artifacts)
+    folder = artifacts / name / "makr" / Path(model).stem
+    records = _knowledge(folder)
+    facts = catalog_facts(name, path, data.items)
+    rows = {str(i): r for i, r in zip(data.items["item_id"], data.items["item_row"], strict=True)}
+    report = representation_report(
+        data, records, folder / "reps", substitutes=substitutes_by_item(facts, rows)
+    )
+    meta = report.pop("_meta")
+    columns = sorted({c for row in report.values() for c in row})
+    console.print(_table(report, columns))
+    console.print(json.dumps(meta))
+    console.print(f"written: {folder / 'reps' / 'representations.json'}")
+
+
+@makr_app.command("eval")
+def eval_cmd(
+    dataset: DatasetArg,
+    models: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            help="models whose runs to compare, repeatable",
+            show_default=("gemma3-270m, smollm2-135m"),
+        ),
+    ] = None,
+    artifacts: ArtifactsOpt = Path("artifacts"),
+) -> None:
+    """Knowledge quality per LLM: validity, repairs, brand/category agreement with the catalog,
+    and (Office) the relation check against Amazon's also_bought / also_viewed pairs."""
+    from reaseq.offline.makr.evaluate import agreement, catalog_facts, relation_check, validity
+    from reaseq.offline.makr.job import REPORT_FILE
+    from reaseq.offline.text_reps import TextRepConfig, embed_texts
+
+    name, path, data = _prepared(dataset, artifacts)
+    facts = catalog_facts(name, path, data.items)
+    table, relations = {}, {}
+    for model in models or ["gemma3-270m", "smollm2-135m"]:
+        folder = artifacts / name / "makr" / Path(model).stem
+        records = list(_knowledge(folder).values())
+        row = validity(records, len(data.items)) | agreement(records, data.items, facts)
+        run = folder / REPORT_FILE
+        if run.is_file():
+            stats = json.loads(run.read_text())
+            row |= {k: stats[k] for k in ("items_per_s", "tokens_per_s") if k in stats}
+        table[model] = row
+        checked = relation_check(
+            records, data.items, facts, lambda t: embed_texts(t, TextRepConfig())
+        )
+        for relation, stats in checked.items():
+            relations[f"{model} {relation}"] = stats
+    columns = sorted({c for row in table.values() for c in row})
+    console.print(_table(table, columns))
+    if relations:
+        console.print(_table(relations, sorted({c for r in relations.values() for c in r})))
+    out = artifacts / name / "makr" / "quality.json"
+    out.write_text(json.dumps({"quality": table, "relation_check": relations}, indent=2))
+    console.print(f"written: {out}")

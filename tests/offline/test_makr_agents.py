@@ -1,0 +1,148 @@
+"""MAKR agents without a model: validation, retries, failure records, the critic and the repair.
+
+A scripted backend stands in for the LLM here only to produce exact bad outputs on demand (empty
+fields, repeat loops, invented numbers), which a real small model produces only by chance. The
+real-model paths are in test_makr_job.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from reaseq.offline.makr.agents import Agents, critique, item_prompt_text, prompt_version
+from reaseq.offline.makr.job import ItemTask, Plan, process_item
+from reaseq.offline.makr.llm import Completion, Sampling
+from reaseq.offline.makr.schemas import ItemCard, Relations, parse_list
+
+ITEM = "Stanley TRA706T 3/8-Inch Heavy Duty Staples, Steel (1000 Count). Stanley. Staples."
+
+
+class Scripted:
+    """Answers prompts by the label they end with; a list answers successive calls."""
+
+    name = "scripted"
+
+    def __init__(self, answers: dict[str, str | list[str]]):
+        self.answers = {k: list(v) if isinstance(v, list) else [v] for k, v in answers.items()}
+        self.prompts: list[str] = []
+
+    def complete(self, prompt: str, sampling: Sampling) -> Completion:
+        self.prompts.append(prompt)
+        label = prompt.rsplit("\n", 1)[-1].split(":", 1)[0]
+        queue = self.answers.get(label, ["unknown"])
+        text = queue.pop(0) if len(queue) > 1 else queue[0]
+        return Completion(f" {text}", prompt_tokens=len(prompt) // 4, completion_tokens=3)
+
+
+GOOD = {
+    "Reasoning": "Steel staples for Stanley staple guns.",
+    "Kind": "staples",
+    "Brand": "Stanley",
+    "Purpose": "fastening insulation",
+    "Audience": "contractors",
+    "Leg length": "3/8 inch",
+    "Summary": "Heavy duty 3/8-inch steel staples, 1000 count.",
+    "Complements": "staple guns, staple removers",
+    "Substitutes": "brad nails",
+}
+
+
+def test_card_fields_are_forced_one_per_line_and_validated():
+    agents = Agents(Scripted(GOOD))
+    outcome = agents.extract(ITEM, ["leg length"])
+    card = outcome.value
+    assert isinstance(card, ItemCard)
+    assert card.attributes == {"leg length": "3/8 inch"} and card.brand == "Stanley"
+    assert outcome.attempts == 1 and outcome.usage.calls == 7
+    assert critique(card, ITEM) == {}
+    assert "Brand: Stanley." in card.knowledge_text()
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ({"Purpose": ""}, "purpose"),
+        ({"Kind": "pens pens pens pens"}, "repeats"),
+        ({"Summary": "x" * 400}, "longer than 300"),
+    ],
+)
+def test_invalid_output_is_retried_then_a_failure_with_its_reason(bad, reason):
+    backend = Scripted(GOOD | bad)
+    outcome = Agents(backend, retries=1).extract(ITEM, ["leg length"])
+    assert outcome.value is None
+    assert reason in outcome.failure
+    assert outcome.attempts == 2
+
+
+def test_failed_item_is_recorded_not_dropped():
+    agents = Agents(Scripted(GOOD | {"Kind": ""}))
+    task = ItemTask("42", ITEM, "staples", "k")
+    record = process_item(agents, task, Plan("staples", ["leg length"], "p"), "m", "v")
+    assert record["status"] == "failed" and record["card"] is None
+    assert record["failure"].startswith("extractor: kind")
+
+
+def test_critic_flags_invented_facts_and_repair_regenerates_only_those():
+    answers = GOOD | {"Brand": "Bostitch", "Leg length": ["1/2 inch", "3/8 inch"]}
+    backend = Scripted(answers)
+    agents = Agents(backend)
+    first = agents.extract(ITEM, ["leg length"]).value
+    complaints = critique(first, ITEM)
+    assert set(complaints) == {"brand", "leg length"}
+    assert "Bostitch" in complaints["brand"] and '"1/2"' in complaints["leg length"]
+    backend.answers["Brand"] = ["Stanley"]
+    backend.prompts.clear()
+    repaired = agents.extract(ITEM, ["leg length"], complaints, first).value
+    assert critique(repaired, ITEM) == {}
+    asked = [p.rsplit("\n", 1)[-1] for p in backend.prompts]
+    assert asked == ["Brand:", "Leg length:"]  # accepted fields kept as written
+    assert "Corrections: Brand" in backend.prompts[0]
+
+
+def test_item_record_statuses_ok_repaired_flagged():
+    plan = Plan("staples", ["leg length"], "p")
+    task = ItemTask("1", ITEM, "staples", "k")
+    ok = process_item(Agents(Scripted(GOOD)), task, plan, "m", "v")
+    assert ok["status"] == "ok" and ok["relations"]["complements"] == [
+        "staple guns",
+        "staple removers",
+    ]
+    fixed = Scripted(GOOD | {"Brand": ["Bostitch", "Stanley"]})
+    assert process_item(Agents(fixed), task, plan, "m", "v")["status"] == "repaired"
+    stuck = process_item(Agents(Scripted(GOOD | {"Brand": "Acme"})), task, plan, "m", "v")
+    assert stuck["status"] == "flagged" and 'Brand "Acme"' in stuck["complaints"][0]
+
+
+def test_planner_drops_reserved_and_echoed_names():
+    agents = Agents(Scripted({"Attributes": "brand, group 7 size, leg length, material"}))
+    plan = agents.plan("group 7", ["Stanley staples"]).value
+    assert plan.attributes == ["leg length", "material"]
+
+
+def test_json_output_mode_validates_against_the_schema():
+    class JsonBackend(Scripted):
+        def complete(self, prompt, sampling):
+            assert sampling.json_schema["required"][0] == "reasoning"
+            assert "leg length" in sampling.json_schema["properties"]
+            return Completion(
+                '{"reasoning": "r", "kind": "staples", "brand": "Stanley", "purpose": "p", '
+                '"audience": "a", "leg length": "3/8 inch", "summary": "s"}',
+                10,
+                40,
+            )
+
+    card = Agents(JsonBackend({}), output="json").extract(ITEM, ["leg length"]).value
+    assert card.attributes == {"leg length": "3/8 inch"}
+    broken = Scripted({"Card (JSON)": '{"reasoning": "r"'})
+    outcome = Agents(broken, output="json").extract(ITEM, ["leg length"])
+    assert outcome.value is None and "not JSON" in outcome.failure
+
+
+def test_prompt_version_changes_with_mode_and_item_text_is_bounded():
+    assert prompt_version("fields") != prompt_version("json")
+    long = "word " * 500
+    assert len(item_prompt_text(long)) <= 602 and item_prompt_text(long).endswith("…")
+    assert parse_list("a, b, A, c, d") == ["a", "b", "c"]
+    with pytest.raises(ValidationError):
+        Relations(complements=["x"] * 4, substitutes=[])
