@@ -167,12 +167,19 @@ def _prepared(dataset: str, artifacts: Path):
     return name, path, prepare(raw, PrepareConfig())
 
 
-def _knowledge(folder: Path) -> dict[str, dict]:
-    from reaseq.offline.makr.job import KNOWLEDGE_FILE, load_knowledge
+def _knowledge(data, artifacts: Path, model: str, output: str = "fields") -> dict[str, dict]:
+    """What the cache (or the shipped file) holds for this catalog and model; generates nothing,
+    so it can read while a `makr run` is still writing."""
+    from reaseq.offline.makr.job import MakrConfig, ensure_knowledge
+    from reaseq.offline.makr.llm import LLMConfig
 
-    records = load_knowledge(folder)
+    cfg = MakrConfig(llm=LLMConfig(model=model), output=output, generate=False)
+    try:
+        records = ensure_knowledge(data, artifacts / data.name, cfg)
+    except FileNotFoundError as err:
+        _fail(str(err))
     if not records:
-        _fail(f"no knowledge in {folder / KNOWLEDGE_FILE}: run `reaseq makr run` first")
+        _fail(f"no {model} knowledge for {data.name}: run `reaseq makr run` first")
     return records
 
 
@@ -199,7 +206,7 @@ def encode_cmd(
 
     name, path, data = _prepared(dataset, artifacts)
     folder = artifacts / name / "makr" / Path(model).stem
-    records = _knowledge(folder)
+    records = _knowledge(data, artifacts, model)
     facts = catalog_facts(name, path, data.items)
     rows = {str(i): r for i, r in zip(data.items["item_id"], data.items["item_row"], strict=True)}
     report = representation_report(
@@ -207,7 +214,7 @@ def encode_cmd(
     )
     meta = report.pop("_meta")
     columns = sorted({c for row in report.values() for c in row})
-    console.print(_table(report, columns))
+    console.print(_table(report, columns), soft_wrap=True)
     console.print(json.dumps(meta))
     console.print(f"written: {folder / 'reps' / 'representations.json'}")
 
@@ -234,9 +241,12 @@ def eval_cmd(
     name, path, data = _prepared(dataset, artifacts)
     facts = catalog_facts(name, path, data.items)
     table, relations = {}, {}
-    for model in models or ["gemma3-270m", "smollm2-135m"]:
+    models = models or ["gemma3-270m", "smollm2-135m"]
+    by_model = {m: _knowledge(data, artifacts, m) for m in models}
+    common = set.intersection(*(set(r) for r in by_model.values()))  # same items for every LLM
+    for model in models:
         folder = artifacts / name / "makr" / Path(model).stem
-        records = list(_knowledge(folder).values())
+        records = [r for i, r in by_model[model].items() if i in common]
         row = validity(records, len(data.items)) | agreement(records, data.items, facts)
         run = folder / REPORT_FILE
         if run.is_file():
@@ -249,9 +259,11 @@ def eval_cmd(
         for relation, stats in checked.items():
             relations[f"{model} {relation}"] = stats
     columns = sorted({c for row in table.values() for c in row})
-    console.print(_table(table, columns))
+    console.print(f"{len(common)} items judged (those every compared model has a record for)")
+    console.print(_table(table, columns), soft_wrap=True)
     if relations:
-        console.print(_table(relations, sorted({c for r in relations.values() for c in r})))
+        columns = sorted({c for r in relations.values() for c in r})
+        console.print(_table(relations, columns), soft_wrap=True)
     out = artifacts / name / "makr" / "quality.json"
     out.write_text(json.dumps({"quality": table, "relation_check": relations}, indent=2))
     console.print(f"written: {out}")

@@ -112,6 +112,8 @@ def test_item_record_statuses_ok_repaired_flagged():
     assert process_item(Agents(fixed), task, plan, "m", "v")["status"] == "repaired"
     stuck = process_item(Agents(Scripted(GOOD | {"Brand": "Acme"})), task, plan, "m", "v")
     assert stuck["status"] == "flagged" and 'Brand "Acme"' in stuck["complaints"][0]
+    assert stuck["withdrawn"] == ["brand"] and stuck["card"]["brand"] == "unknown"
+    assert "Acme" not in ItemCard.model_validate(stuck["card"]).knowledge_text()
 
 
 def test_planner_drops_reserved_and_echoed_names():

@@ -33,6 +33,7 @@ from reaseq.offline.makr.schemas import (
 PROMPTS = ("planner.v1", "extractor.v1", "repair.v1", "relation.v1")
 FALLBACK_ATTRIBUTES = ["type", "size", "material"]
 REPAIR_TEMPERATURE = 0.7  # retries and repairs sample; first attempts are greedy (reproducible)
+RECORD_VERSION = 2  # bump when what a record holds changes (2: unfixed claims withdrawn)
 MAX_ITEM_CHARS = 600  # long descriptions are cut at a word boundary: the head carries the facts
 _NUMBER = re.compile(r"\d+(?:[.,/]\d+)*")
 
@@ -53,6 +54,7 @@ def prompt_version(output: str) -> str:
         Agents.OTHER_TOKENS,
         MAX_ITEM_CHARS,
         REPAIR_TEMPERATURE,
+        RECORD_VERSION,
     ]
     digest = hashlib.sha256(json.dumps(settings).encode())
     for name in PROMPTS:

@@ -59,6 +59,9 @@ class MakrConfig:
     workers: int = 1  # ray actors (each loads the model once)
     limit: int = 0  # first N items only (trials); 0 = all
     shipped_dir: Path = SHIPPED_DIR
+    # False: use what the cache and the shipped file hold and generate nothing; items without a
+    # record are encoded from their raw text (counted in the encode summary)
+    generate: bool = True
 
 
 def model_identity(cfg: LLMConfig) -> str:
@@ -155,7 +158,7 @@ def process_item(agents: Agents, task: ItemTask, plan: Plan, model: str, version
     if extracted.value is None:
         record = KnowledgeRecord(**base, status="failed", failure=f"extractor: {extracted.failure}")
     else:
-        card, status = extracted.value, "ok"
+        card, status, withdrawn = extracted.value, "ok", []
         complaints = critique(card, task.text)
         if complaints:
             repair = spend(agents.extract(task.text, plan.attributes, complaints, card))
@@ -163,6 +166,8 @@ def process_item(agents: Agents, task: ItemTask, plan: Plan, model: str, version
             if left is not None and len(left) < len(complaints):
                 card, complaints = repair.value, left
             status = "repaired" if not complaints else "flagged"
+            withdrawn = [f for f in complaints if f != "kind"]  # kind stays: it names the item
+            card = card.withdraw(withdrawn)
         related = spend(agents.relate(task.text, card.kind))
         record = KnowledgeRecord(
             **base,
@@ -170,6 +175,7 @@ def process_item(agents: Agents, task: ItemTask, plan: Plan, model: str, version
             card=card,
             relations=related.value,
             complaints=list(complaints.values()),
+            withdrawn=withdrawn,
             failure=None if related.value is not None else f"relations: {related.failure}",
         )
     record.attempts = attempts
@@ -209,6 +215,7 @@ def _category_label(category: str) -> str:
 @dataclass
 class RunReport:
     items: int
+    without_record: int  # only with generate=False (or after an interrupted run)
     from_cache: int
     generated: int
     statuses: dict[str, int]
@@ -254,6 +261,8 @@ class MakrRun:
             label = _category_label(str(category))
             key = _key("plan", label, examples, self.version, self.model)
             cached = self.cache.get("plans", key)
+            if cached is None and not self.cfg.generate:
+                continue  # no plan: this category's items have no record either
             if cached is None:
                 plan = make_plan(self.agents(), label, examples, key)
                 self.cache.put("plans", key, asdict(plan))
@@ -266,7 +275,9 @@ class MakrRun:
         out = []
         for row in self.items.itertuples():
             text = item_prompt_text(row.text or row.title or "")
-            plan = plans[str(row.category)]
+            plan = plans.get(str(row.category))
+            if plan is None:
+                continue
             key = _key("item", text, plan.attributes, self.version, self.model)
             out.append(ItemTask(str(row.item_id), text, str(row.category), key))
         return out
@@ -278,6 +289,8 @@ class MakrRun:
         done = self.cache.keys("items")
         todo = [t for t in tasks if t.key not in done]
         from_cache = len(tasks) - len(todo)
+        if not self.cfg.generate:
+            todo = []
         if progress:
             progress(from_cache, len(tasks))
         gen_t0 = time.perf_counter()
@@ -288,10 +301,11 @@ class MakrRun:
             if progress:
                 progress(from_cache + len(generated), len(tasks))
         gen_seconds = time.perf_counter() - gen_t0
-        records = [self.cache.get("items", t.key) for t in tasks]
+        records = [r for t in tasks if (r := self.cache.get("items", t.key)) is not None]
         self._write_knowledge(records)
         report = self._report(records, generated, plans, from_cache, gen_seconds, t0)
-        (self.work / REPORT_FILE).write_text(json.dumps(asdict(report), indent=2))
+        if generated:  # a read-only pass must not overwrite the generating run's figures
+            (self.work / REPORT_FILE).write_text(json.dumps(asdict(report), indent=2))
         return report
 
     def _generate(self, todo: list[ItemTask], plans: dict[str, Plan]) -> Iterator[dict]:
@@ -312,33 +326,35 @@ class MakrRun:
             return _concurrently(one, todo, self.cfg.llm.concurrency)
         return (one(t) for t in todo)
 
-    def _write_knowledge(self, records: list[dict | None]) -> None:
-        with (self.work / KNOWLEDGE_FILE).open("w", encoding="utf-8") as fh:
+    def _write_knowledge(self, records: list[dict]) -> None:
+        tmp = self.work / f"{KNOWLEDGE_FILE}.tmp"
+        with tmp.open("w", encoding="utf-8") as fh:
             for record in records:
-                if record is not None:
-                    fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        tmp.replace(self.work / KNOWLEDGE_FILE)  # readers never see half a file
 
     def _report(
         self,
-        records: list[dict | None],
+        records: list[dict],
         generated: list[dict],
         plans: dict[str, Plan],
         from_cache: int,
         gen_seconds: float,
         t0: float,
     ) -> RunReport:
-        statuses = Counter(r["status"] for r in records if r is not None)
+        statuses = Counter(r["status"] for r in records)
         n = max(1, len(records))
         completion = sum(r["completion_tokens"] for r in generated)
-        sent_back = sum(1 for r in records if r and r["status"] in ("repaired", "flagged"))
+        sent_back = sum(1 for r in records if r["status"] in ("repaired", "flagged"))
         return RunReport(
-            items=len(records),
+            items=len(self.items),
+            without_record=len(self.items) - len(records),
             from_cache=from_cache,
             generated=len(generated),
             statuses=dict(statuses),
             failure_rate=round(statuses.get("failed", 0) / n, 4),
             repair_rate=round(sent_back / n, 4),
-            relation_failures=sum(1 for r in records if r and r["relations"] is None),
+            relation_failures=sum(1 for r in records if r["relations"] is None),
             plans=len(plans),
             plan_failures=sum(1 for p in plans.values() if p.failure),
             seconds=round(time.perf_counter() - t0, 1),

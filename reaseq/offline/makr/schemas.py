@@ -80,8 +80,16 @@ class ItemCard(BaseModel):
         for name, value in self.attributes.items():
             if value.lower() != UNKNOWN:
                 parts.append(f"{name}: {value}.")
-        parts.append(self.summary)
+        if self.summary.lower() != UNKNOWN:
+            parts.append(self.summary)
         return " ".join(parts)
+
+    def withdraw(self, fields: list[str]) -> ItemCard:
+        """A copy with the named fields set to "unknown": claims the critic found unsupported
+        and the repair did not fix are not passed on as knowledge."""
+        core = {f: UNKNOWN for f in fields if f in ("reasoning", *CORE_FIELDS, "summary")}
+        attributes = {k: UNKNOWN if k in fields else v for k, v in self.attributes.items()}
+        return self.model_copy(update=core | {"attributes": attributes})
 
 
 class Relations(BaseModel):
@@ -107,6 +115,7 @@ class KnowledgeRecord(BaseModel):
     card: ItemCard | None = None
     relations: Relations | None = None
     complaints: list[str] = Field(default_factory=list)
+    withdrawn: list[str] = Field(default_factory=list)  # fields set to "unknown" (flagged)
     failure: str | None = None
     attempts: int = 1
     prompt_tokens: int = 0
