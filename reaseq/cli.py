@@ -179,6 +179,13 @@ def pipeline(
     attention: Annotated[
         str | None, typer.Option(help="target attention: dot | din", show_default="dot")
     ] = None,
+    makr_generate: Annotated[
+        bool,
+        typer.Option(
+            help="id+makr / id+hybrid: generate missing MAKR knowledge with the embedded model "
+            "(else those items are encoded from their raw text)"
+        ),
+    ] = True,
     publish: Annotated[
         bool, typer.Option(help="publish the exported release to the store and activate it")
     ] = True,
@@ -208,6 +215,7 @@ def pipeline(
         (cfg.train, "epochs", epochs),
         (cfg.train.ranker, "max_behaviors", max_behaviors),
         (cfg.train.ranker, "attention", attention),
+        (cfg.makr, "generate", None if makr_generate else False),
     ]
     for target, name, value in overrides:
         if value is not None:

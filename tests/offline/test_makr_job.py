@@ -228,3 +228,22 @@ def test_cli_run_reports_a_bad_dataset_in_one_line(tmp_path):
     assert out.returncode == 2
     assert "neither a path nor a known dataset" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_pipeline_trains_and_exports_id_makr_and_id_hybrid(tmp_path):
+    """The MAKR kinds go through train and export with nothing changed downstream (here on
+    cached knowledge only: generate=False encodes items without a record from raw text)."""
+    from reaseq.core.release import read_manifest
+    from reaseq.offline.pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(dataset="synthetic", artifacts_dir=tmp_path)
+    cfg.features = ("id+makr", "id+hybrid")
+    cfg.export_features = "id+hybrid"
+    cfg.train.epochs = 1
+    cfg.train.ranker.max_behaviors = 10
+    cfg.makr.generate = False
+    result = run_pipeline(cfg, log=lambda _msg: None)
+    assert set(result.report["results"]) == {"id+makr", "id+hybrid"}
+    for features in cfg.features:
+        assert 0 < result.report["results"][features]["test"]["auc"] <= 1
+    assert read_manifest(result.release_dir).features == "id+hybrid"

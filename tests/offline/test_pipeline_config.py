@@ -27,5 +27,7 @@ def test_feature_sets_name_registered_representations() -> None:
 
     assert representation_kind("id") is None
     assert representation_kind("id+text") == "text"
-    with pytest.raises(ValueError, match="known: id, id\\+text"):
-        representation_kind("id+makr")  # until MAKR registers it
+    assert representation_kind("id+makr") == "makr"
+    assert representation_kind("id+hybrid") == "hybrid"
+    with pytest.raises(ValueError, match="known: id, id\\+text, id\\+makr, id\\+hybrid"):
+        representation_kind("id+nope")
