@@ -148,3 +148,15 @@ def test_prompt_version_changes_with_mode_and_item_text_is_bounded():
     assert parse_list("a, b, A, c, d") == ["a", "b", "c"]
     with pytest.raises(ValidationError):
         Relations(complements=["x"] * 4, substitutes=[])
+
+
+def test_garbage_bytes_and_lone_surrogates_in_an_item_are_handled():
+    text = "Stanley \ud800 staples\x00\x07 \udfff 3/8-Inch \ufffe Stanley"
+    backend = Scripted(GOOD | {"Leg length": "3/8 inch", "Summary": "Steel staples."})
+    task = ItemTask("id-\udc80", text, "staples", "k")
+    record = process_item(Agents(backend), task, Plan("staples", ["leg length"], "p"), "m", "v")
+    assert record["status"] in ("ok", "repaired", "flagged")
+    assert all("\ud800" not in p and "\x00" not in p for p in backend.prompts)
+    import json
+
+    assert json.loads(json.dumps(record))["item_id"] == "id-\udc80"  # round-trips as JSON

@@ -247,3 +247,46 @@ def test_pipeline_trains_and_exports_id_makr_and_id_hybrid(tmp_path):
     for features in cfg.features:
         assert 0 < result.report["results"][features]["test"]["auc"] <= 1
     assert read_manifest(result.release_dir).features == "id+hybrid"
+
+
+def test_corrupted_cache_row_is_generated_again_not_served(catalog, tmp_path):
+    from reaseq.offline.makr.agents import Agents
+    from tests.offline.test_makr_agents import GOOD, Scripted
+
+    _, items = catalog
+    cfg = MakrConfig(llm=SMALL, limit=2)
+    job = MakrRun(items, tmp_path, cfg)
+    job._agents = Agents(Scripted(GOOD))  # the cache logic under test, not the model
+    job.run()
+    with sqlite3.connect(tmp_path / CACHE_FILE) as db:
+        key = db.execute("SELECT key FROM items LIMIT 1").fetchone()[0]
+        db.execute("UPDATE items SET record = ? WHERE key = ?", ('{"item_id": 1, "sta', key))
+        other = db.execute("SELECT key FROM items WHERE key != ?", (key,)).fetchone()[0]
+        db.execute("UPDATE items SET record = ? WHERE key = ?", ('{"status": "weird"}', other))
+    again = MakrRun(items, tmp_path, cfg)
+    again._agents = Agents(Scripted(GOOD))
+    report = again.run()
+    assert (report.from_cache, report.generated) == (0, 2)
+    assert again.cache.dropped == 2
+    _check(_knowledge(tmp_path), 2)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"not gzip at all", b"\x1f\x8b\x08\x00garbage", 'gz:{"type": "item", "key": 1}\n'],
+)
+def test_corrupt_shipped_knowledge_is_refused_whole(catalog, tmp_path, content):
+    import gzip
+
+    _, items = catalog
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    path = shipped / "synthetic.jsonl.gz"
+    if isinstance(content, str):
+        path.write_bytes(gzip.compress(content.removeprefix("gz:").encode()))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"synthetic\.jsonl\.gz"):
+        MakrRun(items, tmp_path / "w", MakrConfig(llm=SMALL, shipped_dir=shipped), "synthetic")
+    with sqlite3.connect(tmp_path / "w" / CACHE_FILE) as db:
+        assert db.execute("SELECT count(*) FROM items").fetchone()[0] == 0

@@ -63,7 +63,10 @@ def prompt_version(output: str) -> str:
 
 
 def item_prompt_text(text: str, limit: int = MAX_ITEM_CHARS) -> str:
-    text = " ".join(str(text).split())
+    """One line of at most `limit` characters; lone surrogates and control bytes become
+    replacement characters or spaces (a tokenizer would fail on them)."""
+    text = str(text).encode("utf-8", "replace").decode("utf-8")
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     if len(text) <= limit:
         return text
     return text[:limit].rsplit(" ", 1)[0] + " …"

@@ -74,7 +74,9 @@ def model_identity(cfg: LLMConfig) -> str:
 
 
 def _key(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
+    # surrogatepass: a lone surrogate in an item's text still gets a key
+    raw = json.dumps(parts, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(raw).hexdigest()
 
 
 class KnowledgeCache:
@@ -88,38 +90,62 @@ class KnowledgeCache:
         self.db.execute("CREATE TABLE IF NOT EXISTS items (key TEXT PRIMARY KEY, record TEXT)")
         self.db.execute("CREATE TABLE IF NOT EXISTS plans (key TEXT PRIMARY KEY, record TEXT)")
         self.db.commit()
+        self.dropped = 0  # corrupted rows found (and deleted) by get()
 
     def get(self, table: str, key: str) -> dict | None:
+        """The stored record, or None when there is none or it no longer parses (a corrupted
+        row is deleted, so the job generates it again instead of serving it)."""
         row = self.db.execute(f"SELECT record FROM {table} WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def keys(self, table: str) -> set[str]:
-        return {k for (k,) in self.db.execute(f"SELECT key FROM {table}")}
+        if row is None:
+            return None
+        try:
+            return _checked(table, json.loads(row[0]))
+        except (ValueError, TypeError):
+            self.db.execute(f"DELETE FROM {table} WHERE key = ?", (key,))
+            self.db.commit()
+            self.dropped += 1
+            return None
 
     def put(self, table: str, key: str, record: dict) -> None:
-        self.db.execute(
-            f"INSERT OR REPLACE INTO {table} VALUES (?, ?)",
-            (key, json.dumps(record, ensure_ascii=False)),
-        )
+        # ASCII JSON: a lone surrogate in an item's text or id is escaped, never an encode error
+        self.db.execute(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", (key, json.dumps(record)))
         self.db.commit()
 
     def import_file(self, path: Path) -> int:
-        """Seeds the cache from a shipped `.jsonl.gz`; returns the rows added."""
+        """Seeds the cache from a shipped `.jsonl.gz`; returns the rows added. A file with a
+        bad line is refused whole (nothing imported), with the line number."""
+        rows = []
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as fh:
+                for number, line in enumerate(fh, 1):
+                    try:
+                        row = json.loads(line)
+                        table = {"plan": "plans", "item": "items"}[row["type"]]
+                        rows.append((table, str(row["key"]), _checked(table, row["record"])))
+                    except (ValueError, KeyError, TypeError) as err:
+                        raise ValueError(f"{path}: line {number} is not a knowledge row") from err
+        except (OSError, EOFError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not a readable .jsonl.gz ({err})") from err
         added = 0
-        with gzip.open(path, "rt", encoding="utf-8") as fh:
-            for line in fh:
-                row = json.loads(line)
-                table = "plans" if row["type"] == "plan" else "items"
+        with self.db:  # one transaction
+            for table, key, record in rows:
                 cur = self.db.execute(
-                    f"INSERT OR IGNORE INTO {table} VALUES (?, ?)",
-                    (row["key"], json.dumps(row["record"], ensure_ascii=False)),
+                    f"INSERT OR IGNORE INTO {table} VALUES (?, ?)", (key, json.dumps(record))
                 )
                 added += cur.rowcount
-        self.db.commit()
         return added
 
     def close(self) -> None:
         self.db.close()
+
+
+def _checked(table: str, record: dict) -> dict:
+    """Raises ValueError unless `record` is a valid row of `table`."""
+    if table == "items":
+        return KnowledgeRecord.model_validate(record).model_dump()
+    if not isinstance(record, dict) or not isinstance(record.get("attributes"), list):
+        raise ValueError("not a plan")
+    return record
 
 
 @dataclass
@@ -286,8 +312,7 @@ class MakrRun:
         t0 = time.perf_counter()
         plans = self.plans()
         tasks = self.tasks(plans)
-        done = self.cache.keys("items")
-        todo = [t for t in tasks if t.key not in done]
+        todo = [t for t in tasks if self.cache.get("items", t.key) is None]
         from_cache = len(tasks) - len(todo)
         if not self.cfg.generate:
             todo = []
@@ -330,7 +355,7 @@ class MakrRun:
         tmp = self.work / f"{KNOWLEDGE_FILE}.tmp"
         with tmp.open("w", encoding="utf-8") as fh:
             for record in records:
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                fh.write(json.dumps(record) + "\n")
         tmp.replace(self.work / KNOWLEDGE_FILE)  # readers never see half a file
 
     def _report(
@@ -379,7 +404,7 @@ class MakrRun:
                 rows.append({"type": "item", "key": task.key, "record": record})
         path.parent.mkdir(parents=True, exist_ok=True)
         with gzip.GzipFile(path, "wb", compresslevel=9, mtime=0) as raw:
-            raw.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+            raw.write("".join(json.dumps(r) + "\n" for r in rows).encode())
         return len(rows) - len(plans)
 
 
