@@ -18,7 +18,7 @@ import numpy as np
 REPS_FILE = "item_reps.npy"
 REPS_SUMMARY = "item_reps.json"
 EMBED_CACHE = "text_embeddings.npy"
-EMBED_CACHE_KEY = "text_embeddings.key"
+EMBEDDINGS_DIR = "embeddings"  # beside the kinds' folders: <work>/reps/embeddings/<hash>.npy
 
 
 @dataclass
@@ -51,6 +51,28 @@ def embed_texts(texts: list[str], cfg: TextRepConfig, show_progress: bool = Fals
     ).astype(np.float32)
 
 
+def cached_embeddings(
+    texts: list[str], cache_dir: Path, cfg: TextRepConfig, show_progress: bool = False
+) -> np.ndarray:
+    """`embed_texts`, stored by content hash in `cache_dir`: every representation kind that
+    embeds the same texts (raw text for `text`, the fallback rows of `makr`) pays once."""
+    raw = json.dumps([cfg.encoder, cfg.max_seq_length, texts]).encode("utf-8", "surrogatepass")
+    path = cache_dir / f"{hashlib.sha256(raw).hexdigest()[:32]}.npy"
+    if path.exists():
+        try:
+            cached = np.load(path)
+            if cached.shape[0] == len(texts):
+                return cached
+        except (OSError, ValueError):
+            pass  # a damaged cache file is recomputed
+    embeddings = embed_texts(texts, cfg, show_progress)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, embeddings)
+    tmp.replace(path)
+    return embeddings
+
+
 def pca_project(x: np.ndarray, dim: int) -> np.ndarray:
     """Centre, keep the top `dim` principal directions, scale to unit mean row norm."""
     centred = x - x.mean(axis=0, keepdims=True)
@@ -66,14 +88,8 @@ def build_text_representation(
     """Embed (cached by content hash) and project; writes item_reps.npy + a summary."""
     cfg = cfg or TextRepConfig()
     out_dir.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(json.dumps([cfg.encoder, cfg.max_seq_length, texts]).encode()).hexdigest()
-    cache, cache_key = out_dir / EMBED_CACHE, out_dir / EMBED_CACHE_KEY
-    if cache.exists() and cache_key.exists() and cache_key.read_text() == key:
-        embeddings = np.load(cache)
-    else:
-        embeddings = embed_texts(texts, cfg, show_progress)
-        np.save(cache, embeddings)
-        cache_key.write_text(key)
+    embeddings = cached_embeddings(texts, out_dir.parent / EMBEDDINGS_DIR, cfg, show_progress)
+    np.save(out_dir / EMBED_CACHE, embeddings)  # the baselines read the text embeddings here
     reps = pca_project(embeddings, cfg.dim)
     np.save(out_dir / REPS_FILE, reps)
     (out_dir / REPS_SUMMARY).write_text(

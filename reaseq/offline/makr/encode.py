@@ -14,7 +14,6 @@ counted in the summary, never dropped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from reaseq.offline.prepare import Prepared
-from reaseq.offline.text_reps import REPS_FILE, REPS_SUMMARY, TextRepConfig, embed_texts
+from reaseq.offline.text_reps import (
+    EMBEDDINGS_DIR,
+    REPS_FILE,
+    REPS_SUMMARY,
+    TextRepConfig,
+    cached_embeddings,
+)
 
 
 @dataclass
@@ -149,18 +154,6 @@ class Encoded:
     summary: dict
 
 
-def _cached_embeddings(texts: list[str], path: Path, cfg: TextRepConfig) -> np.ndarray:
-    key = hashlib.sha256(json.dumps([cfg.encoder, cfg.max_seq_length, texts]).encode()).hexdigest()
-    key_path = path.with_suffix(".key")
-    if path.exists() and key_path.exists() and key_path.read_text() == key:
-        return np.load(path)
-    emb = embed_texts(texts, cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, emb)
-    key_path.write_text(key)
-    return emb
-
-
 def encode(
     kind: str,
     data: Prepared,
@@ -175,15 +168,16 @@ def encode(
     cfg = cfg or EncodeConfig(dim=text_cfg.dim)
     out_dir.mkdir(parents=True, exist_ok=True)
     texts, missing = knowledge_texts(data, records)
-    know = _cached_embeddings(texts, out_dir / "knowledge_embeddings.npy", text_cfg)
+    cache = out_dir.parent / EMBEDDINGS_DIR  # shared with the other kinds
+    know = cached_embeddings(texts, cache, text_cfg)
     pairs = cointeraction_pairs(data, cfg.window)
     views = None
     x = know
     if kind == "hybrid":
         raw = [str(t or "") for t in data.items["text"].fillna("").tolist()]
-        raw_emb = _cached_embeddings(raw, out_dir / "text_embeddings.npy", text_cfg)
+        raw_emb = cached_embeddings(raw, cache, text_cfg)
         view_texts = drop_words(raw, cfg.view_keep, cfg.seed)
-        view_emb = _cached_embeddings(view_texts, out_dir / "view_embeddings.npy", text_cfg)
+        view_emb = cached_embeddings(view_texts, cache, text_cfg)
         x = np.concatenate([know, raw_emb], axis=1)
         views = np.concatenate([view_emb, view_emb], axis=1)
     model, history = train_projector(x, pairs, cfg, views)
@@ -225,11 +219,10 @@ def representation_report(
     text_cfg = text_cfg or TextRepConfig()
     titles = data.items["title"].fillna("").astype(str).tolist()
     raw = data.items["text"].fillna("").astype(str).tolist()
-    title_emb = _cached_embeddings(titles, out_dir / "title_embeddings.npy", text_cfg)
-    raw_emb = _cached_embeddings(raw, out_dir / "text_embeddings.npy", text_cfg)
-    queries = _cached_embeddings(
-        degraded_titles(titles), out_dir / "query_embeddings.npy", text_cfg
-    )
+    cache = out_dir / EMBEDDINGS_DIR
+    title_emb = cached_embeddings(titles, cache, text_cfg)
+    raw_emb = cached_embeddings(raw, cache, text_cfg)
+    queries = cached_embeddings(degraded_titles(titles), cache, text_cfg)
     text_query = pca_fit(raw_emb, text_cfg.dim)
     makr = encode("makr", data, records, out_dir / "makr", text_cfg)
     hybrid = encode("hybrid", data, records, out_dir / "hybrid", text_cfg)
