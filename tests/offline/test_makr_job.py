@@ -290,3 +290,15 @@ def test_corrupt_shipped_knowledge_is_refused_whole(catalog, tmp_path, content):
         MakrRun(items, tmp_path / "w", MakrConfig(llm=SMALL, shipped_dir=shipped), "synthetic")
     with sqlite3.connect(tmp_path / "w" / CACHE_FILE) as db:
         assert db.execute("SELECT count(*) FROM items").fetchone()[0] == 0
+
+
+def test_endpoint_outage_stops_the_run_and_caches_no_failures(catalog, tmp_path):
+    _, items = catalog
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    llm = LLMConfig(backend="openai", model="m", base_url=dead, max_retries=0, concurrency=2)
+    job = MakrRun(items, tmp_path, MakrConfig(llm=llm, limit=3))
+    with pytest.raises(LLMError, match="failed"):
+        job.run()
+    with sqlite3.connect(tmp_path / CACHE_FILE) as db:
+        assert db.execute("SELECT count(*) FROM items").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM plans").fetchone()[0] == 0

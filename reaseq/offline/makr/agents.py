@@ -20,7 +20,7 @@ from typing import ClassVar
 
 from pydantic import ValidationError
 
-from reaseq.offline.makr.llm import Completion, LLMBackend, LLMError, Sampling
+from reaseq.offline.makr.llm import Completion, LLMBackend, PromptRejected, Sampling
 from reaseq.offline.makr.schemas import (
     CORE_FIELDS,
     UNKNOWN,
@@ -125,7 +125,7 @@ class Agents:
                 failure = "; ".join(
                     f"{'.'.join(map(str, e['loc'])) or 'output'} {e['msg']}" for e in err.errors()
                 )
-            except (ValueError, LLMError) as err:
+            except (ValueError, PromptRejected) as err:  # other LLMErrors stop the run
                 failure = str(err)
         return AgentOutcome(None, failure=failure, attempts=self.retries + 1, usage=usage)
 

@@ -28,7 +28,13 @@ MODEL_CACHE_ENV = "REASEQ_MODEL_CACHE"
 
 
 class LLMError(RuntimeError):
-    """The backend could not produce a completion (after its retries); the message says why."""
+    """The backend could not produce a completion (after its retries); the message says why.
+    A run stops on it (an outage must not turn every item into a cached failure)."""
+
+
+class PromptRejected(LLMError):
+    """This one prompt cannot be completed (e.g. longer than the context): the item fails,
+    the run goes on."""
 
 
 @dataclass
@@ -209,7 +215,7 @@ class EmbeddedLLM:
                     grammar=grammar,
                 )
             except ValueError as err:  # prompt longer than the context, mostly
-                raise LLMError(f"embedded model refused the prompt: {err}") from err
+                raise PromptRejected(f"embedded model refused the prompt: {err}") from err
         usage = out.get("usage", {})
         return Completion(
             text=out["choices"][0]["text"],
@@ -266,6 +272,8 @@ class OpenAICompatibleLLM:
                         messages=[{"role": "user", "content": prompt}], **common
                     )
                     text = out.choices[0].message.content or ""
+            except openai.BadRequestError as err:  # this prompt, not the endpoint
+                raise PromptRejected(f"endpoint {self.cfg.base_url} refused: {err}") from err
             except openai.APIError as err:
                 raise LLMError(f"endpoint {self.cfg.base_url} failed: {err}") from err
         usage = out.usage
