@@ -83,6 +83,11 @@ class Usage:
         self.prompt_tokens += done.prompt_tokens
         self.completion_tokens += done.completion_tokens
 
+    def merge(self, other: Usage) -> None:
+        self.calls += other.calls
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+
 
 @dataclass
 class AgentOutcome:

@@ -174,9 +174,7 @@ def process_item(agents: Agents, task: ItemTask, plan: Plan, model: str, version
     def spend(outcome: AgentOutcome) -> AgentOutcome:
         nonlocal attempts
         attempts += outcome.attempts
-        usage.calls += outcome.usage.calls
-        usage.prompt_tokens += outcome.usage.prompt_tokens
-        usage.completion_tokens += outcome.usage.completion_tokens
+        usage.merge(outcome.usage)
         return outcome
 
     base = {"item_id": task.item_id, "key": task.key, "model": model, "prompt_version": version}
