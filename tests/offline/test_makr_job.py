@@ -81,6 +81,7 @@ def test_shipped_knowledge_seeds_a_fresh_cache(catalog, tmp_path):
     assert fresh._agents is None
 
 
+@pytest.mark.timeout(900)  # a real LLM on 2 shared cores
 def test_run_killed_mid_way_continues_where_it_stopped(catalog, tmp_path):
     folder, _ = catalog
     work = tmp_path / "work"
@@ -110,6 +111,7 @@ def test_run_killed_mid_way_continues_where_it_stopped(catalog, tmp_path):
     _check(_knowledge(work), 5)
 
 
+@pytest.mark.timeout(900)  # a real LLM on 2 shared cores
 def test_ray_engine_runs_the_same_job(catalog, tmp_path):
     pytest.importorskip("ray")
     _, items = catalog
@@ -168,6 +170,7 @@ def test_openai_endpoint_chat_and_json_schema(endpoint):
     assert set(json.loads(out.text)) == {"kind"}
 
 
+@pytest.mark.timeout(900)  # a real LLM on 2 shared cores
 def test_openai_endpoint_runs_the_job_concurrently(endpoint, catalog, tmp_path):
     _, items = catalog
     llm = LLMConfig(backend="openai", model="smollm2", base_url=endpoint, concurrency=2)
