@@ -167,7 +167,9 @@ def _prepared(dataset: str, artifacts: Path):
     return name, path, prepare(raw, PrepareConfig())
 
 
-def _knowledge(data, artifacts: Path, model: str, output: str = "fields") -> dict[str, dict]:
+def _knowledge(
+    data, artifacts: Path, model: str, output: str = "fields", required: bool = True
+) -> dict[str, dict]:
     """What the cache (or the shipped file) holds for this catalog and model; generates nothing,
     so it can read while a `makr run` is still writing."""
     from reaseq.offline.makr.job import MakrConfig, ensure_knowledge
@@ -178,7 +180,7 @@ def _knowledge(data, artifacts: Path, model: str, output: str = "fields") -> dic
         records = ensure_knowledge(data, artifacts / data.name, cfg)
     except FileNotFoundError as err:
         _fail(str(err))
-    if not records:
+    if not records and required:
         _fail(f"no {model} knowledge for {data.name}: run `reaseq makr run` first")
     return records
 
@@ -206,7 +208,11 @@ def encode_cmd(
 
     name, path, data = _prepared(dataset, artifacts)
     folder = artifacts / name / "makr" / Path(model).stem
-    records = _knowledge(data, artifacts, model)
+    records = _knowledge(data, artifacts, model, required=False)
+    err_console.print(
+        f"{len(records)} of {len(data.items)} items have {model} knowledge; the rest are encoded "
+        "from their raw text"
+    )
     facts = catalog_facts(name, path, data.items)
     rows = {str(i): r for i, r in zip(data.items["item_id"], data.items["item_row"], strict=True)}
     report = representation_report(
