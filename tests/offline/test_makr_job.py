@@ -305,3 +305,18 @@ def test_endpoint_outage_stops_the_run_and_caches_no_failures(catalog, tmp_path)
     with sqlite3.connect(tmp_path / CACHE_FILE) as db:
         assert db.execute("SELECT count(*) FROM items").fetchone()[0] == 0
         assert db.execute("SELECT count(*) FROM plans").fetchone()[0] == 0
+
+
+def test_a_limited_trial_is_found_by_a_full_catalog_pass(catalog, tmp_path):
+    """--limit changes which items run, not their keys: plans always see the whole catalog."""
+    from reaseq.offline.makr.agents import Agents
+    from tests.offline.test_makr_agents import GOOD, Scripted
+
+    _, items = catalog
+    trial = MakrRun(items, tmp_path, MakrConfig(llm=SMALL, limit=3))
+    trial._agents = Agents(Scripted(GOOD | {"Attributes": "size, color"}))
+    trial.run()
+    full = MakrRun(items, tmp_path, MakrConfig(llm=SMALL, generate=False))
+    report = full.run()
+    assert report.from_cache == 3 and report.generated == 0
+    assert report.without_record == len(items) - 3

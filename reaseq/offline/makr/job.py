@@ -263,6 +263,7 @@ class MakrRun:
 
     def __init__(self, items: pd.DataFrame, work: Path, cfg: MakrConfig, dataset: str = ""):
         self.cfg, self.work = cfg, work
+        self.catalog = items  # plans see the whole catalog, so a --limit trial shares its keys
         self.items = items if not cfg.limit else items.head(cfg.limit)
         self.model = model_identity(cfg.llm)
         self.version = prompt_version(cfg.output)
@@ -279,7 +280,10 @@ class MakrRun:
 
     def plans(self) -> dict[str, Plan]:
         plans = {}
-        for category, group in self.items.groupby("category", sort=False):
+        wanted = set(self.items["category"].astype(str))
+        for category, group in self.catalog.groupby("category", sort=False):
+            if str(category) not in wanted:
+                continue
             # examples picked by item id, so the plan key does not depend on row order
             examples = group.sort_values("item_id")["title"].fillna("").head(2).tolist()
             label = _category_label(str(category))
