@@ -241,7 +241,6 @@ def eval_cmd(
     """Knowledge quality per LLM: validity, repairs, brand/category agreement with the catalog,
     and (Office) the relation check against Amazon's also_bought / also_viewed pairs."""
     from reaseq.offline.makr.evaluate import agreement, catalog_facts, relation_check, validity
-    from reaseq.offline.makr.job import REPORT_FILE
     from reaseq.offline.text_reps import TextRepConfig, embed_texts
 
     name, path, data = _prepared(dataset, artifacts)
@@ -251,14 +250,8 @@ def eval_cmd(
     by_model = {m: _knowledge(data, artifacts, m) for m in models}
     common = set.intersection(*(set(r) for r in by_model.values()))  # same items for every LLM
     for model in models:
-        folder = artifacts / name / "makr" / Path(model).stem
         records = [r for i, r in by_model[model].items() if i in common]
-        row = validity(records, len(data.items)) | agreement(records, data.items, facts)
-        run = folder / REPORT_FILE
-        if run.is_file():
-            stats = json.loads(run.read_text())
-            row |= {k: stats[k] for k in ("items_per_s", "tokens_per_s") if k in stats}
-        table[model] = row
+        table[model] = validity(records, len(data.items)) | agreement(records, data.items, facts)
         checked = relation_check(
             records, data.items, facts, lambda t: embed_texts(t, TextRepConfig())
         )
