@@ -84,9 +84,12 @@ def test_relation_check_scores_partner_categories_against_baselines():
         "item_id": "1",
         "status": "ok",
         "relations": {"complements": ["ink refills"], "substitutes": []},
+        "seconds": 2.0,
+        "completion_tokens": 50,
     }
     out = relation_check([record], items, facts, embed)["also_bought"]
     assert out["pairs_judged"] == 2 and out["agent_hit_rate"] == 0.5
     assert out["baseline_own_category"] == 0.0
-    assert validity([record], 3)["schema_valid_rate"] == 1.0
+    quality = validity([record], 3)
+    assert quality["schema_valid_rate"] == 1.0 and quality["tokens_per_s"] == 25.0
     assert _words("Ballpoint Pens & Ink") == {"ballpoint", "pen", "ink"}
