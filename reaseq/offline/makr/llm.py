@@ -133,6 +133,16 @@ def cuda_available() -> bool:
         return False
 
 
+def _quiet_llama_cpp() -> None:
+    """llama.cpp logs every context's KV-cache layout to stderr; keep errors only."""
+    try:
+        from llama_cpp import _logger
+
+        _logger.set_verbose(False)
+    except (ImportError, AttributeError):  # pragma: no cover - a llama-cpp-python without it
+        pass
+
+
 class EmbeddedLLM:
     """A GGUF in-process, calls serialized (a llama.cpp context is not thread-safe).
 
@@ -149,6 +159,7 @@ class EmbeddedLLM:
             raise LLMError(
                 "the embedded backend needs llama-cpp-python: pip install 'reaseq-serving[makr]'"
             ) from err
+        _quiet_llama_cpp()
         path = resolve_model_path(cfg.model)
         self.path = path
         stem = cfg.model if cfg.model in SHIPPED_MODELS else path.stem
