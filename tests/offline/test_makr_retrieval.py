@@ -91,5 +91,5 @@ def test_relation_check_scores_partner_categories_against_baselines():
     assert out["pairs_judged"] == 2 and out["agent_hit_rate"] == 0.5
     assert out["baseline_own_category"] == 0.0
     quality = validity([record], 3)
-    assert quality["schema_valid_rate"] == 1.0 and quality["tokens_per_s"] == 25.0
+    assert quality["schema_valid_rate"] == 1.0 and quality["tokens_per_s_median"] == 25.0
     assert _words("Ballpoint Pens & Ink") == {"ballpoint", "pen", "ink"}

@@ -83,16 +83,17 @@ def validity(records: list[dict], n_items: int) -> dict[str, float]:
         "repair_success_rate": round(statuses["repaired"] / sent_back, 4) if sent_back else 0.0,
         "flagged_rate": round(statuses["flagged"] / n, 4),
         "relation_valid_rate": round(sum(r["relations"] is not None for r in records) / n, 4),
-        # cost, from the records themselves (each carries its own seconds and tokens)
-        "s_per_item_median": round(float(np.median([r["seconds"] for r in records])), 2)
-        if records
-        else float("nan"),
-        "tokens_per_s": round(
-            sum(r["completion_tokens"] for r in records)
-            / max(1e-9, sum(r["seconds"] for r in records)),
-            1,
+        # cost, from the records themselves (each carries its own seconds and tokens); medians,
+        # so an item that was in flight while the run was paused does not skew them
+        "s_per_item_median": _median([r["seconds"] for r in records]),
+        "tokens_per_s_median": _median(
+            [r["completion_tokens"] / r["seconds"] for r in records if r["seconds"] > 0]
         ),
     }
+
+
+def _median(values: list[float]) -> float:
+    return round(float(np.median(values)), 2) if values else float("nan")
 
 
 def agreement(records: list[dict], items: pd.DataFrame, facts: CatalogFacts) -> dict[str, float]:
