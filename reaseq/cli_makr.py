@@ -47,16 +47,22 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _catalog(dataset: str, artifacts: Path):
-    """(name, items frame) for a dataset argument; a bad argument is one clear line."""
+def _load(dataset: str, artifacts: Path):
+    """(name, path, raw dataset) for a dataset argument; a bad argument is one clear line."""
     from reaseq.offline.datasets import load_dataset
     from reaseq.offline.pipeline import resolve_dataset
 
     try:
         name, path = resolve_dataset(dataset, artifacts / "synthetic")
-        raw = load_dataset(path, name=name)
+        return name, path, load_dataset(path, name=name)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
+        raise  # unreachable: _fail exits
+
+
+def _catalog(dataset: str, artifacts: Path):
+    """(name, items frame): the whole catalog, as `makr run` sees it."""
+    name, _, raw = _load(dataset, artifacts)
     return name, raw.items
 
 
@@ -155,15 +161,10 @@ def export_cmd(
 
 
 def _prepared(dataset: str, artifacts: Path):
-    from reaseq.offline.datasets import load_dataset
-    from reaseq.offline.pipeline import resolve_dataset
+    """(name, path, prepared data): encode and eval need the log and its splits."""
     from reaseq.offline.prepare import PrepareConfig, prepare
 
-    try:
-        name, path = resolve_dataset(dataset, artifacts / "synthetic")
-        raw = load_dataset(path, name=name)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+    name, path, raw = _load(dataset, artifacts)
     return name, path, prepare(raw, PrepareConfig())
 
 
