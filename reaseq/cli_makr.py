@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.progress import TimeRemainingColumn as Remaining
 
@@ -43,7 +44,7 @@ BackendOpt = Annotated[
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[red]error:[/] {message}", soft_wrap=True, markup=False)
+    err_console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(2)
 
 

@@ -229,7 +229,7 @@ def test_cli_run_reports_a_bad_dataset_in_one_line(tmp_path):
         env=os.environ | {"COLUMNS": "200"},
     )
     assert out.returncode == 2
-    assert "neither a path nor a known dataset" in out.stderr
+    assert out.stderr.startswith("error: ") and "neither a path nor a known dataset" in out.stderr
     assert "Traceback" not in out.stderr
 
 
