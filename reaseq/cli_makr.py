@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.progress import TimeRemainingColumn as Remaining
 
+BACKENDS, OUTPUTS, ENGINES = ("embedded", "openai"), ("fields", "json"), ("local", "ray")
 makr_app = typer.Typer(help="MAKR: item knowledge from LLM agents, its quality and its encoding.")
 console = Console()
 err_console = Console(stderr=True)
@@ -95,10 +96,12 @@ def run_cmd(
     engine: Annotated[str, typer.Option(help="local | ray ($RAY_ADDRESS, else a local Ray)")] = (
         "local"
     ),
-    workers: Annotated[int, typer.Option(help="Ray actors, each with its own model copy")] = 1,
-    limit: Annotated[int, typer.Option(help="first N items only; 0 = all")] = 0,
-    threads: Annotated[int, typer.Option(help="llama.cpp threads; 0 = all cores")] = 0,
-    concurrency: Annotated[int, typer.Option(help="endpoint requests in flight")] = 4,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Ray actors, each with its own model copy")
+    ] = 1,
+    limit: Annotated[int, typer.Option(min=0, help="first N items only; 0 = all")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help="llama.cpp threads; 0 = all cores")] = 0,
+    concurrency: Annotated[int, typer.Option(min=1, help="endpoint requests in flight")] = 4,
     artifacts: ArtifactsOpt = Path("artifacts"),
     work: Annotated[
         Path | None,
@@ -111,6 +114,9 @@ def run_cmd(
     from reaseq.offline.makr.job import MakrRun
     from reaseq.offline.makr.llm import LLMError
 
+    for value, allowed in [(backend, BACKENDS), (output, OUTPUTS), (engine, ENGINES)]:
+        if value not in allowed:
+            _fail(f"{value!r} is not one of {', '.join(allowed)}")
     name, items = _catalog(dataset, artifacts)
     cfg = _makr_config(
         backend, model, base_url, output, engine, workers, limit, threads, concurrency
@@ -153,6 +159,8 @@ def export_cmd(
     """Write a run's plans and knowledge as the compressed file that ships with the repo."""
     from reaseq.offline.makr.job import SHIPPED_DIR, MakrRun
 
+    if output not in OUTPUTS:
+        _fail(f"{output!r} is not one of {', '.join(OUTPUTS)}")
     name, items = _catalog(dataset, artifacts)
     cfg = _makr_config("embedded", model, None, output, "local", 1, 0, 0, 1)
     job = MakrRun(items, artifacts / name / "makr" / Path(model).stem, cfg)

@@ -320,3 +320,24 @@ def test_a_limited_trial_is_found_by_a_full_catalog_pass(catalog, tmp_path):
     report = full.run()
     assert report.from_cache == 3 and report.generated == 0
     assert report.without_record == len(items) - 3
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--engine", "spark", "not one of local, ray"),
+        ("--output", "xml", "not one of fields, json"),
+        ("--limit", "-1", "Invalid value for '--limit'"),
+        ("--workers", "0", "Invalid value for '--workers'"),
+    ],
+)
+def test_cli_run_refuses_bad_options_before_any_work(tmp_path, option, value, says):
+    out = subprocess.run(
+        [sys.executable, "-m", "reaseq.cli", "makr", "run", "synthetic", option, value,
+         "--artifacts", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"COLUMNS": "200"},
+    )  # fmt: skip
+    assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "synthetic" / "makr").exists()
