@@ -230,8 +230,15 @@ def pipeline(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=True) as progress:
-        result = run_pipeline(cfg, log=console.log, progress=progress)
+    from reaseq.offline.makr.job import ShippedKnowledgeError
+    from reaseq.offline.makr.llm import LLMError
+
+    try:
+        with Progress(*columns, console=console, transient=True) as progress:
+            result = run_pipeline(cfg, log=console.log, progress=progress)
+    except (ShippedKnowledgeError, LLMError) as err:  # MAKR knowledge for id+makr / id+hybrid
+        err_console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(2) from None
     console.print((result.work_dir / "report.md").read_text())
     if publish and result.release_dir is not None:
         settings = _settings(store, releases_dir, redis_url)

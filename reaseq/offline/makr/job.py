@@ -123,9 +123,11 @@ class KnowledgeCache:
                         table = {"plan": "plans", "item": "items"}[row["type"]]
                         rows.append((table, str(row["key"]), _checked(table, row["record"])))
                     except (ValueError, KeyError, TypeError) as err:
-                        raise ValueError(f"{path}: line {number} is not a knowledge row") from err
+                        raise ShippedKnowledgeError(
+                            f"{path}: line {number} is not a knowledge row"
+                        ) from err
         except (OSError, EOFError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: not a readable .jsonl.gz ({err})") from err
+            raise ShippedKnowledgeError(f"{path}: not a readable .jsonl.gz ({err})") from err
         added = 0
         with self.db:  # one transaction
             for table, key, record in rows:
@@ -137,6 +139,10 @@ class KnowledgeCache:
 
     def close(self) -> None:
         self.db.close()
+
+
+class ShippedKnowledgeError(ValueError):
+    """A shipped knowledge file that cannot be read; nothing of it was imported."""
 
 
 def _checked(table: str, record: dict) -> dict:
