@@ -91,6 +91,8 @@ def apply_overrides(target: object, values: dict, where: str = "config") -> None
         current = getattr(target, key)
         if is_dataclass(current) and isinstance(value, dict):
             apply_overrides(current, value, f"{where}.{key}")
+        elif isinstance(current, Path) and isinstance(value, str):
+            setattr(target, key, Path(value))  # TOML has no path type
         else:
             setattr(target, key, tuple(value) if isinstance(current, tuple) else value)
 
@@ -101,8 +103,6 @@ def load_pipeline_config(path: Path, cfg: PipelineConfig | None = None) -> Pipel
     cfg = cfg or PipelineConfig()
     with path.open("rb") as fh:
         values = tomllib.load(fh)
-    if "artifacts_dir" in values:
-        values["artifacts_dir"] = Path(values["artifacts_dir"])
     apply_overrides(cfg, values, str(path))
     return cfg
 

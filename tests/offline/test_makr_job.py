@@ -341,3 +341,21 @@ def test_cli_run_refuses_bad_options_before_any_work(tmp_path, option, value, sa
     )  # fmt: skip
     assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "synthetic" / "makr").exists()
+
+
+def test_pipeline_cli_reports_corrupt_shipped_knowledge_in_one_line(tmp_path):
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "synthetic.jsonl.gz").write_bytes(b"garbage")
+    config = tmp_path / "pipeline.toml"
+    config.write_text(f'[makr]\nshipped_dir = "{shipped}"\n')  # a TOML string becomes a Path
+    out = subprocess.run(
+        [sys.executable, "-m", "reaseq.cli", "pipeline", "synthetic", "--features", "id+makr",
+         "--no-publish", "--artifacts", str(tmp_path / "a"), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"COLUMNS": "200"},
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "synthetic.jsonl.gz: not a readable .jsonl.gz" in out.stderr
+    assert "Traceback" not in out.stderr
