@@ -32,12 +32,10 @@ from reaseq.offline.makr.agents import (
     prompt_version,
 )
 from reaseq.offline.makr.llm import (
-    SHIPPED_MODELS,
     LLMBackend,
     LLMConfig,
-    file_digest,
     make_backend,
-    resolve_model_path,
+    model_identity,
 )
 from reaseq.offline.makr.schemas import KnowledgeRecord
 
@@ -62,15 +60,6 @@ class MakrConfig:
     # False: use what the cache and the shipped file hold and generate nothing; items without a
     # record are encoded from their raw text (counted in the encode summary)
     generate: bool = True
-
-
-def model_identity(cfg: LLMConfig) -> str:
-    """The model part of every cache key, known without loading the model."""
-    if cfg.backend == "openai":
-        return f"openai:{cfg.model}"
-    path = resolve_model_path(cfg.model)
-    stem = cfg.model if cfg.model in SHIPPED_MODELS else path.stem
-    return f"{stem}@{file_digest(path)[:12]}"
 
 
 def _key(*parts: object) -> str:

@@ -9,7 +9,7 @@ llama.cpp build has it; nothing is downloaded at run time. The endpoint backend 
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import importlib.util
 import json
 import os
@@ -17,6 +17,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from reaseq.core.release import sha256_file
 
 # Models shipped as PyPI packages: name -> (package, how to get the file).
 SHIPPED_MODELS = {
@@ -116,12 +118,20 @@ def resolve_model_path(model: str) -> Path:
     return path
 
 
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+@functools.lru_cache(maxsize=8)
+def _digest(path: Path, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def model_identity(cfg: LLMConfig) -> str:
+    """The model part of every cache key, known without loading the model: shipped name or file
+    stem, plus the GGUF's digest (hashed once per file version in a process)."""
+    if cfg.backend == "openai":
+        return f"openai:{cfg.model}"
+    path = resolve_model_path(cfg.model)
+    stat = path.stat()
+    stem = cfg.model if cfg.model in SHIPPED_MODELS else path.stem
+    return f"{stem}@{_digest(path, stat.st_size, stat.st_mtime_ns)[:12]}"
 
 
 def cuda_available() -> bool:
@@ -162,8 +172,7 @@ class EmbeddedLLM:
         _quiet_llama_cpp()
         path = resolve_model_path(cfg.model)
         self.path = path
-        stem = cfg.model if cfg.model in SHIPPED_MODELS else path.stem
-        self.name = f"{stem}@{file_digest(path)[:12]}"
+        self.name = model_identity(cfg)
         self.device = "cuda" if cuda_available() else "cpu"
         threads = cfg.n_threads or os.cpu_count() or 1  # llama.cpp's own default is half
         self._contexts = [
