@@ -16,7 +16,7 @@ import json
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -429,8 +429,3 @@ def load_knowledge(work: Path) -> dict[str, dict]:
             record = json.loads(line)
             out[record["item_id"]] = record
     return out
-
-
-def iter_records(records: Iterable[dict]) -> Iterator[KnowledgeRecord]:
-    for record in records:
-        yield KnowledgeRecord.model_validate(record)
