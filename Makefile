@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup redis run test test-fast lint format proto bench pipelines clean
+.PHONY: setup redis run test test-fast lint format proto bench pipelines knowledge clean
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,10 @@ bench: setup  ## against a running service: p50/p99 of gRPC Rank, 200 candidates
 pipelines: setup  ## the README's real-data numbers (../shared/data), one report per dataset
 	for d in amazon18-scientific amazon14-office ml-100k; do \
 		$(VENV)/bin/reaseq pipeline $$d --no-publish || exit 1; done
+
+knowledge: setup  ## MAKR knowledge for the shared datasets (hours; resumable: rerun continues), then the files that ship
+	for d in amazon14-office amazon18-scientific ml-100k; do \
+		$(VENV)/bin/reaseq makr run $$d && $(VENV)/bin/reaseq makr export $$d || exit 1; done
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache
