@@ -159,7 +159,7 @@ class EmbeddedLLM:
     The agents alternate between prompts with long few-shot prefixes (extractor, relation,
     planner). One context would re-read the whole prefix at every switch; a few contexts over the
     same mmapped weights each keep one prefix's KV cache, and each call goes to the context that
-    already holds the longest prefix of its prompt (measured: 1.5 s -> 0.13 s for a new item).
+    already holds the longest prefix of its prompt (measured on Office: an extraction 4.2 -> 2.1 s).
     """
 
     def __init__(self, cfg: LLMConfig, contexts: int = 4):
