@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from reaseq.core.contract import N_GAP_BUCKETS
+
 
 @dataclass
 class RankerConfig:
@@ -27,6 +29,9 @@ class RankerConfig:
     mlp_hidden: tuple[int, ...] = (200, 80)  # prediction head
     dropout: float = 0.1
     max_behaviors: int = 100  # behaviors kept per sample (most recent)
+    # behavior side also reads each behavior's time-gap bucket and generated (GBR) flag; the
+    # exported model then takes contract.SIDE_INPUT_NAMES. False only for older checkpoints.
+    behavior_side: bool = True
     extra: dict = field(default_factory=dict)
 
     @property
@@ -101,13 +106,31 @@ class ScoringNet(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, 1))
         self.head = nn.Sequential(*layers)
+        self.behavior_side = cfg.behavior_side
+        if cfg.behavior_side:  # added to behavior vectors; zero at start: plain attention
+            self.gap_embedding = nn.Embedding(N_GAP_BUCKETS, dim)
+            nn.init.zeros_(self.gap_embedding.weight)
+            self.generated_vector = nn.Parameter(torch.zeros(dim))
         # (scale, bias) of the Platt / temperature calibration of the logit, fitted on validation
         # after training (offline/calibration.py); identity until then. A buffer, so the
         # checkpoint and the exported ONNX model carry it and `scores` are calibrated.
         self.register_buffer("calibration", torch.tensor([1.0, 0.0]))
 
-    def logits(self, cand: torch.Tensor, beh: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Uncalibrated logits (what BCE trains)."""
+    def logits(
+        self,
+        cand: torch.Tensor,
+        beh: torch.Tensor,
+        mask: torch.Tensor,
+        gaps: torch.Tensor | None = None,
+        generated: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Uncalibrated logits (what BCE trains). gaps int [B, L] and generated float [B, L]
+        are read when the net has a behavior side (missing: unknown gap, real behavior)."""
+        if self.behavior_side:
+            if gaps is not None:
+                beh = beh + self.gap_embedding(gaps.long())
+            if generated is not None:
+                beh = beh + generated[..., None] * self.generated_vector
         interest = self.attention(cand, beh, mask)  # (B, C, D)
         features = torch.cat([cand, interest, cand * interest], dim=-1)  # (B, C, 3D)
         return self.head(features).squeeze(-1)  # (B, C)
@@ -116,12 +139,22 @@ class ScoringNet(nn.Module):
         """Calibrated logits: scale > 0, so the order of the scores (AUC, GAUC) is unchanged."""
         return logits * self.calibration[0] + self.calibration[1]
 
-    def forward(self, cand: torch.Tensor, beh: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.calibrate(self.logits(cand, beh, mask)))
+    def forward(
+        self,
+        cand: torch.Tensor,
+        beh: torch.Tensor,
+        mask: torch.Tensor,
+        gaps: torch.Tensor | None = None,
+        generated: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return torch.sigmoid(self.calibrate(self.logits(cand, beh, mask, gaps, generated)))
 
 
 class ItemTower(nn.Module):
-    """Item vector = [ID embedding ‖ adapted representation]; the last row is padding (zeros)."""
+    """Item vector = [ID embedding ‖ adapted representation]; row n_items is padding (zeros).
+
+    Rows above n_items are GBR-generated behaviors (`set_generated`): they have no ID, so their
+    vector is [one learned generated-ID vector ‖ adapted latent representation]."""
 
     def __init__(self, cfg: RankerConfig, representations: torch.Tensor | None) -> None:
         super().__init__()
@@ -135,14 +168,37 @@ class ItemTower(nn.Module):
             padded = torch.cat([representations, torch.zeros(1, cfg.rep_in_dim)])
             self.register_buffer("representations", padded.float())
             self.adapter = nn.Linear(cfg.rep_in_dim, cfg.rep_dim)
+            self.generated_id = nn.Parameter(torch.randn(cfg.id_dim) * 0.05)
+            # the latents of one training run; not part of the checkpoint (a release gets its
+            # own served sequences' latents through `generated_vectors`)
+            self.register_buffer("generated", torch.zeros(0, cfg.rep_in_dim), persistent=False)
+
+    def set_generated(self, latents: torch.Tensor) -> None:
+        if not self.cfg.rep_in_dim:
+            raise ValueError("generated behaviors need a representation (features id+<kind>)")
+        self.generated = latents.float().to(self.generated.device)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
-        vec = self.id_embedding(items)
+        n = self.cfg.n_items
+        is_generated = items > n
+        real = items.masked_fill(is_generated, n)
+        vec = self.id_embedding(real)
         if self.cfg.rep_in_dim:
-            rep = self.adapter(self.representations[items])
-            rep = rep * (items != self.cfg.n_items).unsqueeze(-1).to(rep.dtype)  # padding stays 0
+            reps = self.representations[real]
+            if len(self.generated):
+                g = (items - n - 1).clamp(0, len(self.generated) - 1)
+                reps = torch.where(is_generated[..., None], self.generated[g], reps)
+                vec = torch.where(is_generated[..., None], self.generated_id.expand_as(vec), vec)
+            rep = self.adapter(reps)
+            rep = rep * (items != n).unsqueeze(-1).to(rep.dtype)  # padding stays 0
             vec = torch.cat([vec, rep], dim=-1)
         return vec
+
+    @torch.no_grad()
+    def generated_vectors(self, latents: torch.Tensor) -> torch.Tensor:
+        """[G, D] published vectors of generated behaviors with these latent representations."""
+        rep = self.adapter(latents.float())
+        return torch.cat([self.generated_id.expand(len(latents), -1), rep], dim=-1)
 
     @torch.no_grad()
     def all_vectors(self) -> torch.Tensor:
@@ -159,10 +215,18 @@ class Ranker(nn.Module):
         self.items = ItemTower(cfg, representations)
         self.scorer = ScoringNet(cfg)
 
-    def forward(self, candidates: torch.Tensor, behaviors: torch.Tensor) -> dict[str, torch.Tensor]:
-        """candidates (B, C) item rows; behaviors (B, L) item rows, padding = n_items.
-        `logits` are uncalibrated (the training loss); `y_pred` is the calibrated probability,
-        the exported model's `scores`."""
-        mask = (behaviors != self.cfg.n_items).float()
-        logits = self.scorer.logits(self.items(candidates), self.items(behaviors), mask)
+    def forward(
+        self,
+        candidates: torch.Tensor,
+        behaviors: torch.Tensor,
+        gaps: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """candidates (B, C) item rows; behaviors (B, L) item rows, padding = n_items, generated
+        > n_items; gaps (B, L) their gap buckets. `logits` are uncalibrated (the training loss);
+        `y_pred` is the calibrated probability, the exported model's `scores`."""
+        n = self.cfg.n_items
+        mask = (behaviors != n).float()
+        generated = (behaviors > n).float()
+        beh = self.items(behaviors)
+        logits = self.scorer.logits(self.items(candidates), beh, mask, gaps, generated)
         return {"logits": logits, "y_pred": torch.sigmoid(self.scorer.calibrate(logits))}

@@ -14,10 +14,12 @@ import io
 import json
 import subprocess
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import torch
 
 from reaseq.core import contract
@@ -28,17 +30,20 @@ from reaseq.core.release import (
     ITEM_VECTORS,
     MANIFEST_FILE,
     MODEL_FILE,
-    SNAPSHOT_FILES,
     USER_BEHAVIORS,
+    USER_GAP_BUCKETS,
+    USER_GENERATED,
     USER_IDS,
     USER_OFFSETS,
     ReleaseManifest,
     combine_hashes,
     sha256_bytes,
     sha256_file,
+    snapshot_files,
 )
 from reaseq.models.ranker import Ranker, ScoringNet
 from reaseq.offline.prepare import Prepared
+from reaseq.offline.train import Histories, PlainHistories
 
 OPSET = 17
 
@@ -57,10 +62,25 @@ def code_version() -> str:
         return "unknown"
 
 
+def _inputs(scorer: ScoringNet) -> tuple[str, ...]:
+    side = contract.SIDE_INPUT_NAMES if scorer.behavior_side else ()
+    return (*contract.INPUT_NAMES, *side)
+
+
 def export_onnx(scorer: ScoringNet, dim: int) -> bytes:
-    """ONNX bytes of the scoring network; B, C and L are dynamic."""
+    """ONNX bytes of the scoring network; B, C and L are dynamic. A net with a behavior side
+    also takes each behavior's gap bucket and generated flag (value format 2)."""
     scorer.eval()
-    example = (torch.randn(2, 3, dim), torch.randn(2, 5, dim), torch.ones(2, 5))
+    example: tuple[torch.Tensor, ...] = (
+        torch.randn(2, 3, dim),
+        torch.randn(2, 5, dim),
+        torch.ones(2, 5),
+    )
+    behaviors_axes = {0: "batch", 1: "behaviors"}
+    side_axes = {}
+    if scorer.behavior_side:
+        example += (torch.zeros(2, 5, dtype=torch.int64), torch.zeros(2, 5))
+        side_axes = dict.fromkeys(contract.SIDE_INPUT_NAMES, behaviors_axes)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -68,14 +88,15 @@ def export_onnx(scorer: ScoringNet, dim: int) -> bytes:
             scorer,
             example,
             buffer,
-            input_names=list(contract.INPUT_NAMES),
+            input_names=list(_inputs(scorer)),
             output_names=list(contract.OUTPUT_NAMES),
             dynamic_axes={
                 contract.CANDIDATES: {0: "batch", 1: "candidates"},
                 contract.BEHAVIORS: {0: "batch", 1: "behaviors"},
                 contract.BEHAVIOR_MASK: {0: "batch", 1: "behaviors"},
                 contract.SCORES: {0: "batch", 1: "candidates"},
-            },
+            }
+            | side_axes,
             opset_version=OPSET,
             dynamo=False,
         )
@@ -94,9 +115,13 @@ def onnx_parity(scorer: ScoringNet, onnx_bytes: bytes, dim: int, seed: int = 0) 
         if empty:
             mask[0] = 0
         feeds = {contract.CANDIDATES: cand, contract.BEHAVIORS: beh, contract.BEHAVIOR_MASK: mask}
+        if scorer.behavior_side:
+            gaps = rng.integers(0, contract.N_GAP_BUCKETS, size=(b, length))
+            generated = (rng.random((b, length)) > 0.7).astype(np.float32)
+            feeds |= {contract.BEHAVIOR_GAP_BUCKETS: gaps, contract.BEHAVIOR_GENERATED: generated}
         (ort_out,) = session.run([contract.SCORES], feeds)
         with torch.no_grad():
-            ref = scorer(torch.from_numpy(cand), torch.from_numpy(beh), torch.from_numpy(mask))
+            ref = scorer(*(torch.from_numpy(feeds[name]) for name in _inputs(scorer)))
         worst = max(worst, float(np.abs(ort_out - ref.numpy()).max()))
     return worst
 
@@ -107,20 +132,41 @@ def calibration_metrics(model: Ranker) -> dict[str, float]:
     return {"calibration_scale": scale, "calibration_bias": bias}
 
 
-def user_behavior_vectors(
-    data: Prepared, item_vectors: np.ndarray, max_len: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each user's last `max_len` behaviors as vectors, CSR: (offsets [U+1], vectors [T, D])."""
-    lengths = np.minimum(np.diff(data.beh_offsets), max_len)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    rows = np.concatenate(
-        [
-            data.beh_items[end - n : end]
-            for end, n in zip(data.beh_offsets[1:], lengths, strict=True)
-        ]
-        or [np.zeros(0, dtype=np.int32)]
+@dataclass
+class ServedBehaviors:
+    """What the release publishes per user, CSR over the users' served sequences."""
+
+    offsets: np.ndarray  # int64 [U + 1]
+    vectors: np.ndarray  # float16 [T, D]
+    gap_buckets: np.ndarray  # uint8 [T]
+    generated: np.ndarray  # uint8 [T]
+
+
+def served_behaviors(
+    model: Ranker,
+    data: Prepared,
+    item_vectors: np.ndarray,
+    histories: Histories | None = None,
+) -> ServedBehaviors:
+    """Each user's whole log as the ranker reads it (the last max_behaviors positions, GBR
+    slots included when `histories` are filled ones), as vectors with buckets and flags."""
+    histories = histories or PlainHistories(data)
+    max_len, n = model.cfg.max_behaviors, data.n_items
+    users = pd.DataFrame(
+        {"user_row": np.arange(len(data.user_ids)), "hist_end": np.diff(data.beh_offsets)}
     )
-    return offsets, item_vectors[rows]
+    rows, gaps = histories.for_samples(users, max_len)
+    keep = rows != n  # right-aligned: padding first, then the sequence
+    lengths = keep.sum(axis=1)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat_rows, flat_gaps = rows[keep], gaps[keep]
+    generated = flat_rows > n
+    vectors = np.zeros((len(flat_rows), item_vectors.shape[1]), dtype=VECTOR_DTYPE)
+    vectors[~generated] = item_vectors[flat_rows[~generated]]
+    if generated.any():
+        latents = torch.from_numpy(np.asarray(histories.generated)[flat_rows[generated] - n - 1])
+        vectors[generated] = model.items.generated_vectors(latents).numpy().astype(VECTOR_DTYPE)
+    return ServedBehaviors(offsets, vectors, flat_gaps.astype(np.uint8), generated.astype(np.uint8))
 
 
 def export_release(
@@ -131,8 +177,10 @@ def export_release(
     metrics: dict[str, float],
     release: str | None = None,
     parity_tolerance: float = 1e-4,
+    histories: Histories | None = None,
 ) -> Path:
-    """Write a complete release folder under out_root; returns its path."""
+    """Write a complete release folder under out_root; returns its path. `histories` are what
+    the model was trained on (GBR-filled ones publish the generated behaviors too)."""
     cfg = model.cfg
     dim = cfg.item_dim
     onnx_bytes = export_onnx(model.scorer, dim)
@@ -142,7 +190,8 @@ def export_release(
 
     item_vectors = model.items.all_vectors().numpy().astype(VECTOR_DTYPE)
     default_vector = item_vectors.astype(np.float32).mean(axis=0).astype(VECTOR_DTYPE)
-    offsets, behaviors = user_behavior_vectors(data, item_vectors, cfg.max_behaviors)
+    served = served_behaviors(model, data, item_vectors, histories)
+    value_format = 2 if cfg.behavior_side else 1
 
     now = dt.datetime.now(dt.UTC)
     model_sha = sha256_bytes(onnx_bytes)
@@ -156,30 +205,36 @@ def export_release(
         ITEM_VECTORS: item_vectors,
         DEFAULT_ITEM_VECTOR: default_vector,
         USER_IDS: data.user_ids.astype(str),
-        USER_OFFSETS: offsets,
-        USER_BEHAVIORS: behaviors.astype(VECTOR_DTYPE),
+        USER_OFFSETS: served.offsets,
+        USER_BEHAVIORS: served.vectors,
     }
+    if value_format == 2:
+        arrays |= {USER_GAP_BUCKETS: served.gap_buckets, USER_GENERATED: served.generated}
     for name, array in arrays.items():
         np.save(folder / name, array, allow_pickle=False)
-    files = {MODEL_FILE: model_sha} | {name: sha256_file(folder / name) for name in SNAPSHOT_FILES}
-    snapshot_sha = combine_hashes([files[name] for name in SNAPSHOT_FILES])
+    names = snapshot_files(value_format)
+    files = {MODEL_FILE: model_sha} | {name: sha256_file(folder / name) for name in names}
+    snapshot_sha = combine_hashes([files[name] for name in names])
     manifest = ReleaseManifest(
         release=release,
         created_at=now.isoformat(timespec="microseconds"),
         model_version=f"{data.name}-{features}-{model_sha[:12]}",
         feature_version=f"{data.name}-{snapshot_sha[:12]}",
         vector_dim=dim,
+        value_format=value_format,
         max_behaviors=cfg.max_behaviors,
         n_items=len(item_vectors),
         n_users=len(data.user_ids),
-        n_behaviors=len(behaviors),
+        n_behaviors=len(served.vectors),
         model_sha256=model_sha,
         snapshot_sha256=snapshot_sha,
         files=files,
         code_version=code_version(),
         dataset=data.name,
         features=features,
-        metrics=metrics | {"onnx_parity_max_abs_diff": diff} | calibration_metrics(model),
+        metrics=metrics
+        | {"onnx_parity_max_abs_diff": diff, "generated_behaviors": int(served.generated.sum())}
+        | calibration_metrics(model),
         ranker_config=json.loads(json.dumps(cfg.to_dict())),
     )
     (folder / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))

@@ -21,10 +21,11 @@ from reaseq.offline.baselines import all_baselines
 from reaseq.offline.calibration import plot_reliability
 from reaseq.offline.datasets import load_dataset
 from reaseq.offline.export import export_release
+from reaseq.offline.gbr.job import GBRJobConfig, GBRRun, run_gbr
 from reaseq.offline.makr.job import MakrConfig
 from reaseq.offline.metrics import constant_logloss, expected_calibration_error
 from reaseq.offline.prepare import PrepareConfig, Prepared, prepare
-from reaseq.offline.representations import build_representation, representation_kind
+from reaseq.offline.representations import build_representation, representation_kind, uses_gbr
 from reaseq.offline.text_reps import EMBED_CACHE, TextRepConfig
 from reaseq.offline.train import (
     CHECKPOINT_FILE,
@@ -80,6 +81,7 @@ class PipelineConfig:
     text: TextRepConfig = field(default_factory=TextRepConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     makr: MakrConfig = field(default_factory=MakrConfig)  # knowledge for id+makr / id+hybrid
+    gbr: GBRJobConfig = field(default_factory=GBRJobConfig)  # for feature sets id+<kind>+gbr
 
 
 def apply_overrides(target: object, values: dict, where: str = "config") -> None:
@@ -147,7 +149,25 @@ def run_pipeline(
         timings[f"encode_{kind}_s"] = time.perf_counter() - t
         log(f"item representations '{kind}' {reps[kind].shape} in {time.perf_counter() - t:.1f}s")
 
+    gbr_runs: dict[str, GBRRun] = {}
+    for kind in dict.fromkeys(representation_kind(f) for f in cfg.features if uses_gbr(f)):
+        t = time.perf_counter()
+        bar = progress.add_task(f"gbr {kind}", total=None) if progress else None
+
+        def on_gbr_batch(done: int, total: int, bar=bar) -> None:
+            if progress is not None and bar is not None:
+                progress.update(bar, completed=done, total=total)
+
+        gbr_runs[kind] = run_gbr(
+            data, reps[kind], kind, work, cfg.gbr, cfg.train.ranker.max_behaviors, log, on_gbr_batch
+        )
+        if progress is not None and bar is not None:
+            progress.remove_task(bar)
+        timings[f"gbr_{kind}_s"] = time.perf_counter() - t
+        log(f"GBR over '{kind}': {json.dumps(gbr_runs[kind].report['fill'])}")
+
     results = {}
+    histories_of = {}
     for features in cfg.features:
         t = time.perf_counter()
         train_cfg = _copy_train(cfg.train, features)
@@ -158,12 +178,15 @@ def run_pipeline(
                 progress.update(bar, completed=done, total=total)
 
         kind = representation_kind(features)
+        if uses_gbr(features):
+            histories_of[features] = gbr_runs[kind].histories
         result = train_ranker(
             data,
             reps[kind] if kind else None,
             train_cfg,
             on_epoch=lambda row, f=features: log(f"[{f}] {_fmt(row)}"),
             on_batch=on_batch,
+            histories=histories_of.get(features),
         )
         if progress is not None and bar is not None:
             progress.remove_task(bar)
@@ -199,6 +222,7 @@ def run_pipeline(
             for f, r in results.items()
         },
         "baselines": all_baselines(data, load_text_embeddings(work)),
+        "gbr": {kind: run.report for kind, run in gbr_runs.items()},
         "config": _jsonable(asdict(cfg)),
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
@@ -212,7 +236,12 @@ def run_pipeline(
         metrics = {f"test_{k}": v for k, v in chosen.metrics["test"].items() if k != "n"}
         metrics["test_logloss_uncalibrated"] = chosen.metrics["test_uncalibrated"]["logloss"]
         release_dir = export_release(
-            chosen.model, data, work / "exports", cfg.export_features, metrics
+            chosen.model,
+            data,
+            work / "exports",
+            cfg.export_features,
+            metrics,
+            histories=histories_of.get(cfg.export_features),
         )
         report["release"] = release_dir.name
     report["timings"]["total_s"] = round(time.perf_counter() - t0, 1)

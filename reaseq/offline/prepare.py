@@ -15,12 +15,13 @@ Protocols (DESIGN §3.4, the DIN / BARS Amazon protocol so numbers sit beside pu
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from reaseq.core.contract import GAP_FIRST, GAP_UNKNOWN, gap_buckets
 from reaseq.offline.datasets import RawDataset
 
 SPLITS = ("train", "val", "test")
@@ -50,6 +51,7 @@ class Prepared:
     beh_items: np.ndarray  # int32 [T] item rows, oldest first per user
     beh_times: np.ndarray  # float64 [T], NaN without timestamps
     samples: pd.DataFrame  # user_row, item_row, label, hist_end, split
+    _gap_buckets: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_items(self) -> int:
@@ -120,12 +122,31 @@ class Prepared:
 
     def histories(self, samples: pd.DataFrame, max_len: int, pad: int) -> np.ndarray:
         """Right-aligned behavior item rows [S, max_len] for samples; `pad` fills the rest."""
+        return self._gather_histories(samples, max_len, self.beh_items, pad).astype(np.int64)
+
+    def history_gaps(self, samples: pd.DataFrame, max_len: int) -> np.ndarray:
+        """The gap buckets (uint8 [S, max_len]) aligned with `histories`; padding GAP_UNKNOWN."""
+        return self._gather_histories(samples, max_len, self.gap_buckets(), GAP_UNKNOWN)
+
+    def _gather_histories(
+        self, samples: pd.DataFrame, max_len: int, values: np.ndarray, pad: int
+    ) -> np.ndarray:
         start = self.beh_offsets[samples["user_row"].to_numpy()]
         end = start + samples["hist_end"].to_numpy()
         positions = end[:, None] - max_len + np.arange(max_len)[None, :]
         valid = positions >= start[:, None]
-        gathered = self.beh_items[np.clip(positions, 0, max(len(self.beh_items) - 1, 0))]
-        return np.where(valid, gathered, pad).astype(np.int64)
+        gathered = values[np.clip(positions, 0, max(len(values) - 1, 0))]
+        return np.where(valid, gathered, pad).astype(values.dtype)
+
+    def gap_buckets(self) -> np.ndarray:
+        """uint8 [T]: each behavior's time-gap bucket (contract.gap_buckets, per user)."""
+        if self._gap_buckets is None:
+            out = gap_buckets(self.beh_times)  # across user boundaries: fixed below
+            firsts = self.beh_offsets[:-1][np.diff(self.beh_offsets) > 0]
+            known = ~np.isnan(self.beh_times[firsts])
+            out[firsts] = np.where(known, GAP_FIRST, GAP_UNKNOWN)
+            self._gap_buckets = out
+        return self._gap_buckets
 
 
 def _time_ordered(raw: RawDataset, item_rows: dict[str, int]) -> pd.DataFrame:

@@ -38,15 +38,25 @@ def _makr(kind: str) -> Builder:
 BUILDERS: dict[str, Builder] = {"text": _text, "makr": _makr("makr"), "hybrid": _makr("hybrid")}
 
 
+GBR_SUFFIX = "+gbr"
+
+
 def representation_kind(features: str) -> str | None:
-    """'id' -> None; 'id+<kind>' -> kind (checked against the registry)."""
+    """'id' -> None; 'id+<kind>' or 'id+<kind>+gbr' -> kind (checked against the registry)."""
     if features == "id":
         return None
-    prefix, _, kind = features.partition("+")
+    prefix, _, kind = features.removesuffix(GBR_SUFFIX).partition("+")
     if prefix != "id" or kind not in BUILDERS:
-        known = ", ".join(["id", *(f"id+{k}" for k in BUILDERS)])
+        known = ", ".join(["id", *(f"id+{k}" for k in BUILDERS), "id+<kind>+gbr"])
         raise ValueError(f"unknown feature set {features!r}; known: {known}")
     return kind
+
+
+def uses_gbr(features: str) -> bool:
+    """'id+<kind>+gbr': the ranker attends over GBR-filled histories (DESIGN §3.3)."""
+    if features.endswith(GBR_SUFFIX) and representation_kind(features) is None:
+        raise ValueError("GBR fills behaviors with representations: use id+<kind>+gbr")
+    return features.endswith(GBR_SUFFIX)
 
 
 def build_representation(

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -58,31 +59,63 @@ class TrainResult:
     reliability: dict[str, list[dict]] = field(default_factory=dict)  # test, per calibration
 
 
-def _tensors(
-    data: Prepared, split: str, max_len: int
-) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor]:
+class Histories(Protocol):
+    """Where a sample's behavior history comes from: the plain log, or GBR-filled prefixes."""
+
+    generated: np.ndarray  # [G, R] latents of generated rows (n_items + 1 + g); empty if none
+
+    def for_samples(self, samples: pd.DataFrame, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """(item rows int64 [S, max_len], gap buckets uint8 [S, max_len]), right-aligned."""
+        ...
+
+
+@dataclass
+class PlainHistories:
+    """The user's logged behaviors before the sample, nothing generated."""
+
+    data: Prepared
+    generated: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+    def for_samples(self, samples: pd.DataFrame, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.data.histories(samples, max_len, pad=self.data.n_items)
+        return rows, self.data.history_gaps(samples, max_len)
+
+
+@dataclass
+class SplitTensors:
+    samples: pd.DataFrame
+    cand: torch.Tensor  # [S]
+    hist: torch.Tensor  # [S, L]
+    gaps: torch.Tensor  # [S, L]
+
+
+def _tensors(data: Prepared, split: str, max_len: int, histories: Histories) -> SplitTensors:
     samples = data.samples[data.samples["split"] == split].reset_index(drop=True)
-    hist = data.histories(samples, max_len, pad=data.n_items)
+    rows, gaps = histories.for_samples(samples, max_len)
     cand = torch.from_numpy(samples["item_row"].to_numpy(np.int64, copy=True))
-    return samples, cand, torch.from_numpy(hist)
+    return SplitTensors(
+        samples, cand, torch.from_numpy(rows), torch.from_numpy(gaps.astype(np.int64))
+    )
 
 
-def trim(hist: torch.Tensor, pad: int) -> torch.Tensor:
+def trim(hist: torch.Tensor, gaps: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop leading columns that are padding in every row (histories are right-aligned): most
     users have far fewer behaviors than max_behaviors, and attention cost is linear in L."""
     valid = (hist != pad).any(dim=0).nonzero()
     first = int(valid[0]) if len(valid) else hist.shape[1] - 1
-    return hist[:, first:]
+    return hist[:, first:], gaps[:, first:]
 
 
 @torch.no_grad()
-def predict_logits(model: Ranker, cand: torch.Tensor, hist: torch.Tensor, batch: int) -> np.ndarray:
+def predict_logits(model: Ranker, t: SplitTensors, batch: int) -> np.ndarray:
     """Uncalibrated logits; metrics take float64 sigmoids of them (no float32 saturation ties)."""
     model.eval()
     pad = model.cfg.n_items
     out = [
-        model(cand[i : i + batch, None], trim(hist[i : i + batch], pad))["logits"][:, 0]
-        for i in range(0, len(cand), batch)
+        model(
+            t.cand[i : i + batch, None], *trim(t.hist[i : i + batch], t.gaps[i : i + batch], pad)
+        )["logits"][:, 0]
+        for i in range(0, len(t.cand), batch)
     ]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
@@ -93,8 +126,10 @@ def train_ranker(
     cfg: TrainConfig,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    histories: Histories | None = None,
 ) -> TrainResult:
-    """`on_epoch(row)` after each epoch's validation; `on_batch(done, total)` for progress bars."""
+    """`on_epoch(row)` after each epoch's validation; `on_batch(done, total)` for progress bars;
+    `histories` defaults to the plain log (GBR passes its filled prefixes)."""
     kind = representation_kind(cfg.features)  # None for "id"; raises on unknown sets
     check_method(cfg.calibration)
     torch.manual_seed(cfg.seed)
@@ -110,24 +145,28 @@ def train_ranker(
     else:
         rcfg.rep_in_dim = 0
     model = Ranker(rcfg, reps)
+    histories = histories or PlainHistories(data)
+    if len(histories.generated):
+        model.items.set_generated(torch.from_numpy(np.asarray(histories.generated, np.float32)))
     optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = torch.nn.BCEWithLogitsLoss()
 
-    train_s, train_c, train_h = _tensors(data, "train", rcfg.max_behaviors)
-    val_s, val_c, val_h = _tensors(data, "val", rcfg.max_behaviors)
-    train_y = torch.from_numpy(train_s["label"].to_numpy(np.float32, copy=True))
+    train = _tensors(data, "train", rcfg.max_behaviors, histories)
+    val = _tensors(data, "val", rcfg.max_behaviors, histories)
+    train_y = torch.from_numpy(train.samples["label"].to_numpy(np.float32, copy=True))
     generator = torch.Generator().manual_seed(cfg.seed)
 
     start = time.perf_counter()
     best_auc, best_epoch, best_state, history, stale = -1.0, 0, None, [], 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        order = torch.randperm(len(train_c), generator=generator)
+        order = torch.randperm(len(train.cand), generator=generator)
         total = 0.0
         n_batches = -(-len(order) // cfg.batch_size)
         for step, i in enumerate(range(0, len(order), cfg.batch_size), start=1):
             idx = order[i : i + cfg.batch_size]
-            logits = model(train_c[idx, None], trim(train_h[idx], rcfg.n_items))["logits"][:, 0]
+            hist, gaps = trim(train.hist[idx], train.gaps[idx], rcfg.n_items)
+            logits = model(train.cand[idx, None], hist, gaps)["logits"][:, 0]
             loss = loss_fn(logits, train_y[idx])
             optim.zero_grad()
             loss.backward()
@@ -135,16 +174,18 @@ def train_ranker(
             total += loss.item() * len(idx)
             if on_batch:
                 on_batch(step, n_batches)
-        val_pred = sigmoid(predict_logits(model, val_c, val_h, cfg.eval_batch_size))
-        val = ctr_metrics(val_s["user_row"].to_numpy(), val_s["label"].to_numpy(), val_pred)
+        val_pred = sigmoid(predict_logits(model, val, cfg.eval_batch_size))
+        val_m = ctr_metrics(
+            val.samples["user_row"].to_numpy(), val.samples["label"].to_numpy(), val_pred
+        )
         row = {"epoch": epoch, "train_loss": total / max(len(order), 1)} | {
-            f"val_{k}": v for k, v in val.items() if k != "n"
+            f"val_{k}": v for k, v in val_m.items() if k != "n"
         }
         history.append(row)
         if on_epoch:
             on_epoch(row)
-        if val["auc"] > best_auc:
-            best_auc, best_epoch, stale = val["auc"], epoch, 0
+        if val_m["auc"] > best_auc:
+            best_auc, best_epoch, stale = val_m["auc"], epoch, 0
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
@@ -154,15 +195,15 @@ def train_ranker(
         model.load_state_dict(best_state)
 
     # validation only: test labels never reach the fit (a test pins this)
-    val_logits = predict_logits(model, val_c, val_h, cfg.eval_batch_size)
-    calibration = fit_calibration(val_logits, val_s["label"].to_numpy(), cfg.calibration)
+    val_logits = predict_logits(model, val, cfg.eval_batch_size)
+    calibration = fit_calibration(val_logits, val.samples["label"].to_numpy(), cfg.calibration)
     set_calibration(model, calibration)
 
     metrics, curves = {}, {}
     for split in ("val", "test"):
-        s, c, h = _tensors(data, split, rcfg.max_behaviors)
-        users, labels = s["user_row"].to_numpy(), s["label"].to_numpy()
-        logits = predict_logits(model, c, h, cfg.eval_batch_size)
+        t = _tensors(data, split, rcfg.max_behaviors, histories)
+        users, labels = t.samples["user_row"].to_numpy(), t.samples["label"].to_numpy()
+        logits = predict_logits(model, t, cfg.eval_batch_size)
         before, after = sigmoid(logits), calibration.probabilities(logits)
         metrics[split] = ctr_metrics(users, labels, after)
         metrics[f"{split}_uncalibrated"] = ctr_metrics(users, labels, before)
@@ -200,11 +241,13 @@ def load_checkpoint(path: Path) -> tuple[Ranker, dict]:
     rcfg_dict = dict(ckpt["ranker_config"])
     rcfg_dict["din_hidden"] = tuple(rcfg_dict["din_hidden"])
     rcfg_dict["mlp_hidden"] = tuple(rcfg_dict["mlp_hidden"])
+    rcfg_dict.setdefault("behavior_side", False)  # checkpoints from before GBR
     rcfg = RankerConfig(**rcfg_dict)
     reps = torch.zeros(rcfg.n_items, rcfg.rep_in_dim) if rcfg.rep_in_dim else None
     model = Ranker(rcfg, reps)
     missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
-    if unexpected or set(missing) - {"scorer.calibration"}:  # older checkpoints: uncalibrated
+    # older checkpoints: uncalibrated, and without the generated-behavior ID vector
+    if unexpected or set(missing) - {"scorer.calibration", "items.generated_id"}:
         raise RuntimeError(f"{path}: checkpoint does not fit the ranker: {missing=} {unexpected=}")
     model.eval()
     return model, ckpt
