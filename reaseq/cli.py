@@ -29,6 +29,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from reaseq.cli_gbr import gbr_app
 from reaseq.cli_makr import makr_app
 from reaseq.service.settings import ServiceSettings
 
@@ -39,6 +40,7 @@ app = typer.Typer(
 release_app = typer.Typer(help="List, activate and roll back releases.")
 app.add_typer(release_app, name="release")
 app.add_typer(makr_app, name="makr")
+app.add_typer(gbr_app, name="gbr")
 console = Console()
 err_console = Console(stderr=True)  # errors and "which store" lines: stdout stays parseable
 
@@ -523,6 +525,12 @@ def bench_verify_cmd(
     behaviors: Annotated[int, typer.Option(help="published behaviors per user")] = 50,
     dim: Annotated[int, typer.Option(help="vector width D")] = 96,
     repeats: Annotated[int, typer.Option(help="timed runs per step (median)")] = 3,
+    value_format: Annotated[
+        int,
+        typer.Option(
+            min=1, max=2, help="1: behavior vectors only; 2: also gap buckets and generated flags"
+        ),
+    ] = 2,
 ) -> None:
     """What verifying a release down to its values costs: seal at publish, embedded load,
     Redis write + read-back, `release activate`, the service's own check at load."""
@@ -530,8 +538,9 @@ def bench_verify_cmd(
 
     url = redis_url or _settings(None, None, None).redis_url
     with _clear_errors():
-        stats = measure(url, items, users, behaviors, dim, repeats)
-    console.print_json(_json({"items": items, "users": users, "behaviors": behaviors} | stats))
+        stats = measure(url, items, users, behaviors, dim, repeats, value_format=value_format)
+    shape = {"items": items, "users": users, "behaviors": behaviors, "value_format": value_format}
+    console.print_json(_json(shape | stats))
 
 
 def _json(stats: Any) -> str:

@@ -110,6 +110,28 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory):
     return run_pipeline(cfg, log=lambda _msg: None)
 
 
+@pytest.fixture(scope="session")
+def gbr_pipeline_run(tmp_path_factory: pytest.TempPathFactory):
+    """A small real pipeline run whose release is `id+text+gbr`: GBR trained, filled, exported."""
+    from reaseq.models.gbr import GBRConfig
+    from reaseq.offline.gbr.locate import LocateConfig
+    from reaseq.offline.pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(
+        dataset="synthetic",
+        artifacts_dir=tmp_path_factory.mktemp("gbr-artifacts"),
+        features=("id+text", "id+text+gbr"),
+        export_features="id+text+gbr",
+    )
+    cfg.train.epochs = 3
+    cfg.train.ranker.max_behaviors = 24
+    cfg.gbr.train.epochs = 2
+    cfg.gbr.train.threads = 1
+    cfg.gbr.train.model = GBRConfig(d_model=32, n_layers=1, n_heads=2, ff_dim=64, max_len=24)
+    cfg.gbr.fill.locate = LocateConfig(min_votes=1, max_slots=2, window=10)
+    return run_pipeline(cfg, log=lambda _msg: None)
+
+
 @pytest.fixture
 def releases_dir(tmp_path: Path, pipeline_run) -> Path:
     """An embedded store with the pipeline's release published and active."""

@@ -4,8 +4,9 @@ Hashing the snapshot files proves the files are intact; it says nothing about wh
 So every value of a release has a canonical name (`default-item`, `item:<id>`, `user:<id>`, the
 Redis key without its `<ns>:<release>:` prefix), and `ValueVerifier` is fed the values in
 canonical order (names sorted as UTF-8 bytes) from wherever they live — the snapshot at publish
-time, Redis or the snapshot at load time — and checks each value's length, header and finiteness,
-the counts, and one sha256 over all of them against the digest the publisher recorded in the
+time, Redis or the snapshot at load time — and checks each value's length, header (in the
+release's value format), finiteness and side inputs (gap bucket range, 0/1 generated flags), the
+counts, and one sha256 over all of them against the digest the publisher recorded in the
 manifest. A release that fails is refused; the service keeps serving the old one.
 """
 
@@ -48,7 +49,8 @@ def is_value_name(name: bytes) -> bool:
 
 
 def snapshot_values(snapshot: Snapshot) -> Iterator[tuple[bytes, bytes]]:
-    """Every value of a snapshot as (canonical name, encoded bytes), in canonical order."""
+    """Every value of a snapshot as (canonical name, encoded bytes), in canonical order; user
+    values in the snapshot's value format."""
     entries: list[tuple[bytes, int]] = [(DEFAULT_ITEM, -1)]
     entries += [(item_name(i), row) for row, i in enumerate(snapshot.item_ids.tolist())]
     n_items = len(snapshot.item_ids)
@@ -60,7 +62,8 @@ def snapshot_values(snapshot: Snapshot) -> Iterator[tuple[bytes, bytes]]:
         elif index < n_items:
             yield name, encode_vector(snapshot.item_vectors[index])
         else:
-            yield name, encode_behaviors(np.asarray(snapshot.behaviors_of(index - n_items)))
+            sequence = snapshot.sequence_of(index - n_items)
+            yield name, encode_behaviors(*sequence, value_format=snapshot.value_format)
 
 
 def values_digest(values: Iterable[tuple[bytes, bytes]]) -> str:
@@ -76,8 +79,9 @@ class ValueVerifier:
     """Checks a release's values as they stream past in canonical order (bounded memory).
 
     `feed` batches of (name, value); `finish` raises `ReleaseCheckError` naming the first problem:
-    a value of the wrong length or header, a NaN/Inf, names out of order (a key added or
-    duplicated), wrong counts, or a digest that differs from the manifest's.
+    a value of the wrong length or header (a user value of the other value format included), a
+    NaN/Inf, a gap bucket out of range or a generated flag other than 0/1, names out of order (a
+    key added or duplicated), wrong counts, or a digest that differs from the manifest's.
     """
 
     def __init__(self, manifest: ReleaseManifest, check_digest: bool = True) -> None:
@@ -125,8 +129,8 @@ class ValueVerifier:
 
     def _check_user(self, shown: str, value: bytes) -> None:
         try:
-            behaviors = decode_behaviors(value, self.dim)
-        except (ValueError, struct.error) as err:
+            behaviors = decode_behaviors(value, self.dim, self.manifest.value_format).vectors
+        except ValueError as err:
             raise self._fail(f"value {shown} is not a valid behavior record: {err}") from None
         if len(behaviors) > self.manifest.max_behaviors:
             raise self._fail(

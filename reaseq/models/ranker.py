@@ -168,7 +168,8 @@ class ItemTower(nn.Module):
             padded = torch.cat([representations, torch.zeros(1, cfg.rep_in_dim)])
             self.register_buffer("representations", padded.float())
             self.adapter = nn.Linear(cfg.rep_in_dim, cfg.rep_dim)
-            self.generated_id = nn.Parameter(torch.randn(cfg.id_dim) * 0.05)
+            # zeros, not random: no draw from the RNG, so rankers without GBR initialise as before
+            self.generated_id = nn.Parameter(torch.zeros(cfg.id_dim))
             # the latents of one training run; not part of the checkpoint (a release gets its
             # own served sequences' latents through `generated_vectors`)
             self.register_buffer("generated", torch.zeros(0, cfg.rep_in_dim), persistent=False)

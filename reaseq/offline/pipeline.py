@@ -282,7 +282,37 @@ def render_report(report: dict) -> str:
         f"timings (s): {report['timings']}",
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + render_gbr(report.get("gbr", {})))
+
+
+def render_gbr(runs: dict) -> list[str]:
+    """The GBR section of report.md: locator statistics, IB metrics, recovery vs the baseline."""
+    lines = []
+    for kind, r in runs.items():
+        v, rec, loc = r["validation"], r["recovery"], r["locate"]
+        lines += [
+            f"## GBR over `{kind}` ({r['device']}, {r['epochs']} epochs, "
+            f"{r['seconds_per_epoch_median']} s/epoch median)",
+            "",
+            f"- validation IB-PPL {v.get('val_ib_ppl', float('nan')):.1f}, "
+            f"IB-ACC {v.get('val_ib_acc', float('nan')):.4f} ({v.get('val_masked', 0)} masked)",
+        ]
+        if rec.get("cases"):
+            g, b = rec["gbr"], rec["neighbour_mean"]
+            lines.append(
+                f"- recovery of a hidden behavior ({rec['cases']} users, {rec['catalog']} items): "
+                f"GBR HR@1 {g['hr@1']:.4f} HR@10 {g['hr@10']:.4f}; neighbour mean "
+                f"HR@1 {b['hr@1']:.4f} HR@10 {b['hr@10']:.4f}"
+            )
+        lines += [
+            f"- [FILL] slots: {loc['slots']} over {loc['users']} users' served logs "
+            f"({loc['slots_per_user_mean']} per user); rule fire rate over all gaps "
+            f"{loc['rule_fire_rate_over_all_gaps']}; timestamps: {loc['timestamps']}",
+            f"- filled {r['fill']['prefixes']} prefixes with {r['fill']['generated']} generated "
+            f"behaviors in {r['fill']['seconds']} s",
+            "",
+        ]
+    return lines
 
 
 def load_text_embeddings(work: Path) -> np.ndarray | None:

@@ -9,6 +9,7 @@ active pointer naming something incomplete:
    point `ACTIVE` / `<ns>:active` at it in one atomic step;
 4. garbage-collect releases beyond the newest `keep`, never the active one.
 A rerun finds leftovers of an interrupted run, removes them and publishes again.
+User values are written and verified in the release's value format (RQU1 / RQU2, core/codec.py).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def seal(source: Path) -> ReleaseManifest:
     manifest = read_manifest(source)
     check_release_id(manifest.release)
     verify_release_files(source, manifest)
-    snapshot = Snapshot.open(source)
+    snapshot = Snapshot.open(source, manifest.value_format)
     snapshot.check_against(manifest)
     digest = verify_snapshot_values(snapshot, manifest, check_digest=False)
     if manifest.values_sha256 and manifest.values_sha256 != digest:
@@ -142,7 +143,7 @@ class EmbeddedPublisher:
             shutil.copytree(source, staging, copy_function=copy)
             write_atomic(staging / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
             verify_release_files(staging, manifest)
-            verify_snapshot_values(Snapshot.open(staging), manifest)
+            verify_snapshot_values(Snapshot.open(staging, manifest.value_format), manifest)
             self.step("verified")
             os.replace(staging, final)
             self.step("complete")
@@ -161,7 +162,7 @@ class EmbeddedPublisher:
         except (OSError, ValueError) as err:
             raise ReleaseCheckError(f"release {release}: {manifest_problem(err)}") from None
         verify_release_files(folder, manifest)
-        snapshot = Snapshot.open(folder)
+        snapshot = Snapshot.open(folder, manifest.value_format)
         snapshot.check_against(manifest)
         verify_snapshot_values(snapshot, manifest)
         return manifest
@@ -194,11 +195,15 @@ class EmbeddedPublisher:
 # --- Redis store: key families under <ns>:<release>: ---------------------------------------
 
 
-def iter_release_values(source: Path, keys: KeySchema, release: str) -> Iterator[tuple[str, bytes]]:
-    """Every key and value of a release: the model, then the values in canonical order."""
+def iter_release_values(
+    source: Path, keys: KeySchema, manifest: ReleaseManifest
+) -> Iterator[tuple[str, bytes]]:
+    """Every key and value of a release: the model, then the values in canonical order (user
+    values in the manifest's value format)."""
+    release = manifest.release
     yield keys.model(release), (source / MODEL_FILE).read_bytes()
     prefix = keys.prefix(release)
-    for name, value in snapshot_values(Snapshot.open(source)):
+    for name, value in snapshot_values(Snapshot.open(source, manifest.value_format)):
         yield prefix + name.decode(), value
 
 
@@ -249,7 +254,7 @@ class RedisPublisher:
         if self.client.zscore(self.keys.releases, release) is None:
             self.delete_release_keys(release)  # leftovers of an interrupted publish
             n_keys = 0
-            values = iter_release_values(source, self.keys, release)
+            values = iter_release_values(source, self.keys, manifest)
             for batch in batched(values, self.batch_size):
                 pipe = self.client.pipeline(transaction=False)
                 for key, value in batch:

@@ -19,6 +19,8 @@ from typing import TypeVar
 
 import numpy as np
 
+from reaseq.core import contract
+from reaseq.core.codec import UserBehaviors
 from reaseq.core.keys import KeySchema
 from reaseq.core.release import ReleaseCheckError
 from reaseq.service import metrics
@@ -26,6 +28,7 @@ from reaseq.service.backend import (
     MicroBatcher,
     ModelBackend,
     ModelBackendError,
+    ModelInputs,
     OnnxRuntimeBackend,
 )
 from reaseq.service.errors import DeadlineExceeded, InvalidModelOutput, NotReady, ReaseqError
@@ -47,21 +50,27 @@ T = TypeVar("T")
 
 def assemble(
     release: LoadedRelease,
-    published: np.ndarray,
+    published: UserBehaviors,
     recent: np.ndarray,
     candidates: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Model inputs for one request: behaviors = published then recent, the last max_behaviors;
-    an empty history becomes one masked zero row (the model needs L >= 1)."""
+) -> ModelInputs:
+    """Model inputs for one request: behaviors = published (real or generated) then the
+    request's recent items (GAP_RECENT: the store knows no gap for them; never generated), all
+    three cut together to the last max_behaviors; an empty history becomes one masked zero row
+    (the model needs L >= 1) with GAP_UNKNOWN and flag 0."""
     max_len = release.manifest.max_behaviors
-    behaviors = (
-        np.concatenate([published, recent])[-max_len:] if len(recent) else published[-max_len:]
-    )
-    mask = np.ones((1, len(behaviors)), dtype=np.float32)
+    behaviors = np.concatenate([published.vectors, recent])[-max_len:]
+    recent_gaps = np.full(len(recent), contract.GAP_RECENT, dtype=np.int64)
+    gaps = np.concatenate([published.gap_buckets.astype(np.int64), recent_gaps])[-max_len:]
+    generated = np.concatenate([published.generated.astype(np.float32), np.zeros(len(recent))])
+    generated = generated[-max_len:].astype(np.float32)
+    mask = np.ones(len(behaviors), dtype=np.float32)
     if len(behaviors) == 0:
         behaviors = np.zeros((1, release.manifest.vector_dim), dtype=np.float32)
-        mask = np.zeros((1, 1), dtype=np.float32)
-    return candidates[None], behaviors[None], mask
+        mask = np.zeros(1, dtype=np.float32)
+        gaps = np.full(1, contract.GAP_UNKNOWN, dtype=np.int64)
+        generated = np.zeros(1, dtype=np.float32)
+    return ModelInputs(candidates[None], behaviors[None], mask[None], gaps[None], generated[None])
 
 
 async def _within(awaitable: Awaitable[T], deadline: float | None, stage: str) -> T:
@@ -225,7 +234,9 @@ class Ranker:
         dim = release.manifest.vector_dim
         cand = np.zeros((1, 8, dim), dtype=np.float32)
         beh = np.zeros((1, 4, dim), dtype=np.float32)
-        scores = await release.model.score(cand, beh, np.ones((1, 4), dtype=np.float32))
+        ones = np.ones((1, 4), dtype=np.float32)
+        gaps = np.full((1, 4), contract.GAP_FIRST, dtype=np.int64)  # a real bucket, not padding
+        scores = await release.model.score(cand, beh, ones, gaps, np.zeros_like(ones))
         if scores.shape != (1, 8) or not np.isfinite(scores).all():
             raise ReleaseCheckError(f"release {release.manifest.release}: warm-up gave bad scores")
 
@@ -289,8 +300,8 @@ class Ranker:
         candidates[~cand_found] = release.features.default_item
         recent_found = fetched.items_found[n_cand:]
         recent = fetched.items[n_cand:][recent_found]
-        cand, beh, mask = assemble(release, fetched.behaviors, recent, candidates)
-        scores = await _within(release.model.score(cand, beh, mask), deadline, "scoring")
+        inputs = assemble(release, fetched.published, recent, candidates)
+        scores = await _within(release.model.score(*inputs), deadline, "scoring")
         t_model = time.perf_counter()
         if not np.isfinite(scores).all():  # never a NaN/Inf as a score (JSON would say null)
             bad = int((~np.isfinite(scores[0])).sum())

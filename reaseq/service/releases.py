@@ -1,7 +1,8 @@
 """Release sources: where the service finds the active release and loads it whole.
 
 A loaded release is a model backend and a feature view that were checked against the same manifest
-(model hash, vector width, counts), so the service never scores a new model on old vectors.
+(model hash, vector width, value format, counts), so the service never scores a new model on old
+vectors, nor a model that takes the behavior side inputs on values that do not carry them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from reaseq.core import contract
 from reaseq.core.codec import VECTOR_DTYPE
 from reaseq.core.keys import KeySchema
 from reaseq.core.release import (
@@ -97,7 +99,8 @@ def fallback_order(history: list[str], complete: list[str]) -> list[str]:
 def load_model(
     manifest: ReleaseManifest, model_bytes: bytes, make_backend: BackendFactory
 ) -> ModelBackend:
-    """Hash first (never parse bytes the manifest does not vouch for), then widths."""
+    """Hash first (never parse bytes the manifest does not vouch for), then widths and whether
+    the model's inputs match the value format (side inputs exactly in format 2)."""
     if sha256_bytes(model_bytes) != manifest.model_sha256:
         raise ReleaseCheckError(f"release {manifest.release}: model hash does not match manifest")
     model = make_backend(model_bytes)
@@ -105,6 +108,13 @@ def load_model(
         raise ReleaseCheckError(
             f"release {manifest.release}: model takes D={model.dim}, features have "
             f"D={manifest.vector_dim}"
+        )
+    if model.side_inputs != (manifest.value_format == 2):
+        takes = "takes" if model.side_inputs else "does not take"
+        raise ReleaseCheckError(
+            f"release {manifest.release}: the model {takes} the behavior side inputs "
+            f"{', '.join(contract.SIDE_INPUT_NAMES)}, but the manifest says value format "
+            f"{manifest.value_format} (side inputs exactly in format 2): re-export the release"
         )
     return model
 
@@ -179,14 +189,14 @@ class EmbeddedReleaseSource(ReleaseSource):
             manifest = parse_manifest(release, (folder / MANIFEST_FILE).read_bytes())
         except OSError as err:
             raise ReleaseCheckError(f"release {release}: {manifest_problem(err)}") from None
-        snapshot = Snapshot.open(folder)
+        snapshot = Snapshot.open(folder, manifest.value_format)
         snapshot.check_against(manifest)
         if self.verify_hashes:
             verify_release_files(folder, manifest)
             verify_snapshot_values(snapshot, manifest)
         model_bytes = (folder / MODEL_FILE).read_bytes()
         model = load_model(manifest, model_bytes, make_backend)
-        return LoadedRelease(manifest, model, EmbeddedFeatures(snapshot))
+        return LoadedRelease(manifest, model, EmbeddedFeatures(snapshot, release))
 
     async def load(self, release: str, make_backend: BackendFactory) -> LoadedRelease:
         return await anyio.to_thread.run_sync(self._load_sync, release, make_backend)
@@ -241,7 +251,9 @@ class RedisReleaseSource(ReleaseSource):
         await self.verify_values(manifest)  # before the model is even parsed
         model = await anyio.to_thread.run_sync(load_model, manifest, model_bytes, make_backend)
         default = np.frombuffer(default_item, dtype=VECTOR_DTYPE)
-        features = RedisFeatures(self.client, self.keys, release, manifest.vector_dim, default)
+        features = RedisFeatures(
+            self.client, self.keys, release, manifest.vector_dim, default, manifest.value_format
+        )
         return LoadedRelease(manifest, model, features)
 
     async def verify_values(self, manifest: ReleaseManifest) -> None:

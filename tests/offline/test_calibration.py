@@ -141,10 +141,14 @@ def test_exported_onnx_scores_are_calibrated_probabilities() -> None:
     cand = rng.normal(size=(2, 4, dim)).astype(np.float32)
     beh = rng.normal(size=(2, 6, dim)).astype(np.float32)
     mask = np.ones((2, 6), np.float32)
+    gaps = rng.integers(0, contract.N_GAP_BUCKETS, size=(2, 6))
+    generated = (rng.random((2, 6)) > 0.5).astype(np.float32)
     feeds = {contract.CANDIDATES: cand, contract.BEHAVIORS: beh, contract.BEHAVIOR_MASK: mask}
+    feeds |= {contract.BEHAVIOR_GAP_BUCKETS: gaps, contract.BEHAVIOR_GENERATED: generated}
     (scores,) = session.run([contract.SCORES], feeds)
     with torch.no_grad():
-        raw = model.scorer.logits(*(torch.from_numpy(x) for x in (cand, beh, mask))).numpy()
+        inputs = (cand, beh, mask, gaps, generated)
+        raw = model.scorer.logits(*(torch.from_numpy(x) for x in inputs)).numpy()
     np.testing.assert_allclose(scores, sigmoid(0.3 * raw - 0.7), atol=1e-5)
     assert not np.allclose(scores, sigmoid(raw), atol=1e-3)  # the calibration is really in it
 

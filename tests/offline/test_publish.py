@@ -57,8 +57,10 @@ def test_redis_publish_writes_every_value_and_switches(redis_client, pipeline_ru
     assert found.all()
     np.testing.assert_array_equal(vectors, snap.item_vectors.astype(np.float32))
     user = snap.user_ids[0]
-    got = decode_behaviors(redis_client.get(keys.user(release, user)), manifest.vector_dim)
-    np.testing.assert_array_equal(got, snap.behaviors_of(0).astype(np.float32))
+    value = redis_client.get(keys.user(release, user))
+    got = decode_behaviors(value, manifest.vector_dim, manifest.value_format)
+    np.testing.assert_array_equal(got.vectors, snap.behaviors_of(0).astype(np.float32))
+    np.testing.assert_array_equal(got.generated, snap.sequence_of(0).generated)
     n_keys = sum(1 for _ in redis_client.scan_iter(match=keys.prefix(release) + "*"))
     assert n_keys == manifest.n_items + manifest.n_users + 3  # + model, default item, manifest
 

@@ -10,20 +10,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pydantic
 import pytest
 
-from reaseq.core import contract
 from reaseq.core.keys import KeySchema
-from reaseq.core.release import (
-    ACTIVE_FILE,
-    MODEL_FILE,
-    ReleaseCheckError,
-    Snapshot,
-    read_manifest,
-    write_atomic,
-)
+from reaseq.core.release import ACTIVE_FILE, ReleaseCheckError, read_manifest, write_atomic
 from reaseq.offline.publish import EmbeddedPublisher, RedisPublisher
 from reaseq.service import metrics
 from reaseq.service.errors import (
@@ -35,35 +26,9 @@ from reaseq.service.errors import (
 from reaseq.service.query import RankQuery
 from reaseq.service.ranking import Ranker
 from reaseq.service.settings import ServiceSettings
+from tests.service.recompute import offline_scores
 
 pytestmark = pytest.mark.anyio
-
-
-def offline_scores(release_dir: Path, user_id: str, candidates: list[str], recent=()) -> np.ndarray:
-    """Recompute a response from the release's own files, without any service code."""
-    snap = Snapshot.open(release_dir)
-    manifest = read_manifest(release_dir)
-    rows = {item: row for row, item in enumerate(snap.item_ids.tolist())}
-    users = snap.user_ids.tolist()
-    published = (
-        snap.behaviors_of(users.index(user_id)) if user_id in users else np.zeros((0, snap.dim))
-    )
-    recent_vecs = [snap.item_vectors[rows[i]] for i in recent if i in rows]
-    beh = np.concatenate([published, np.array(recent_vecs).reshape(-1, snap.dim)])
-    beh = beh[-manifest.max_behaviors :].astype(np.float32)
-    mask = np.ones((1, len(beh)), np.float32)
-    if len(beh) == 0:
-        beh, mask = np.zeros((1, snap.dim), np.float32), np.zeros((1, 1), np.float32)
-    cand = np.stack(
-        [snap.item_vectors[rows[i]] if i in rows else snap.default_item_vector for i in candidates]
-    ).astype(np.float32)
-    session = ort.InferenceSession((release_dir / MODEL_FILE).read_bytes())
-    feeds = {
-        contract.CANDIDATES: cand[None],
-        contract.BEHAVIORS: beh[None],
-        contract.BEHAVIOR_MASK: mask,
-    }
-    return session.run([contract.SCORES], feeds)[0][0]
 
 
 async def test_scores_match_offline_recomputation(

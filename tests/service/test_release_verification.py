@@ -172,7 +172,7 @@ async def test_embedded_instance_started_on_a_refused_pointer_falls_back(
 def _rewrite_with_nan_but_valid_hashes(src: Path, dst: Path, name: str) -> None:
     """A release folder whose file hashes are consistent but whose vectors hold NaN: what a
     broken export (or a tool that rewrote the files and the manifest) would leave behind."""
-    from reaseq.core.release import SNAPSHOT_FILES, combine_hashes, sha256_file
+    from reaseq.core.release import combine_hashes, sha256_file, snapshot_files
 
     shutil.copytree(src, dst)
     vectors = np.load(dst / ITEM_VECTORS)
@@ -180,7 +180,7 @@ def _rewrite_with_nan_but_valid_hashes(src: Path, dst: Path, name: str) -> None:
     np.save(dst / ITEM_VECTORS, vectors, allow_pickle=False)
     manifest = read_manifest(dst)
     files = dict(manifest.files) | {ITEM_VECTORS: sha256_file(dst / ITEM_VECTORS)}
-    snapshot = combine_hashes([files[n] for n in SNAPSHOT_FILES])
+    snapshot = combine_hashes([files[n] for n in snapshot_files(manifest.value_format)])
     (dst / MANIFEST_FILE).write_text(
         manifest.model_copy(
             update={"release": name, "files": files, "snapshot_sha256": snapshot}

@@ -20,7 +20,7 @@ import numpy as np
 from reaseq.offline.gbr.evaluate import recovery
 from reaseq.offline.gbr.fill import FillConfig, FilledHistories, fill_histories
 from reaseq.offline.gbr.locate import gap_votes, locate_report
-from reaseq.offline.gbr.train import GBRTrainConfig, train_gbr
+from reaseq.offline.gbr.train import GBRTrainConfig, resume_identity, train_gbr
 from reaseq.offline.prepare import Prepared
 
 REPORT_FILE = "gbr_report.json"
@@ -40,7 +40,8 @@ class GBRRun:
 
 
 def run_key(data: Prepared, reps: np.ndarray, cfg: GBRJobConfig) -> str:
-    digest = hashlib.sha256(json.dumps(asdict(cfg.train), sort_keys=True).encode())
+    identity = resume_identity(asdict(cfg.train))
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
     digest.update(np.ascontiguousarray(reps, dtype=np.float32).tobytes())
     digest.update(np.ascontiguousarray(data.beh_items).tobytes())
     digest.update(np.ascontiguousarray(data.beh_offsets).tobytes())

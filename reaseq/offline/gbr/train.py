@@ -185,6 +185,11 @@ def evaluate_ib(
     }
 
 
+def resume_identity(config: dict) -> dict:
+    """What must match to continue a checkpoint: not the device, threads or stopping rule."""
+    return {k: v for k, v in config.items() if k not in ("device", "threads", "epochs", "patience")}
+
+
 def build_model(cfg: GBRTrainConfig, rep_dim: int) -> tuple[MaskPredictor, int]:
     """A fresh predictor (warm-started when configured); returns it and the tensors copied."""
     cfg.model.rep_dim = rep_dim
@@ -232,7 +237,7 @@ def train_gbr(
     state = {"epoch": 0, "history": [], "best": None, "best_state": None, "stale": 0}
     if path.exists():
         saved = torch.load(path, map_location=device, weights_only=False)
-        if saved["config"] != asdict(cfg) | {"device": None}:
+        if resume_identity(saved["config"]) != resume_identity(asdict(cfg)):
             raise ValueError(
                 f"{path} was trained with another configuration; remove it or use another "
                 "output folder"
@@ -240,8 +245,6 @@ def train_gbr(
         model.load_state_dict(saved["state_dict"])
         optim.load_state_dict(saved["optimizer"])
         state = saved["state"]
-    generator = torch.Generator(device=device).manual_seed(cfg.seed + 1000 * state["epoch"])
-    order_rng = np.random.default_rng(cfg.seed + state["epoch"])
     rows_all = torch.from_numpy(train.rows).to(device)
     gaps_all = torch.from_numpy(train.gaps).to(device)
 
@@ -249,6 +252,10 @@ def train_gbr(
     while state["epoch"] < cfg.epochs and state["stale"] < cfg.patience:
         started = time.perf_counter()
         model.train()
+        # seeded per epoch, so a resumed run draws exactly what an unbroken one would
+        generator = torch.Generator(device=device).manual_seed(cfg.seed + 1000 * state["epoch"])
+        torch.manual_seed(cfg.seed + 1000 * state["epoch"])  # dropout draws from the global RNG
+        order_rng = np.random.default_rng(cfg.seed + state["epoch"])
         batches = length_batches(train.valid.sum(axis=1), cfg.batch_size, order_rng)
         n_batches = len(batches)
         total, count = 0.0, 0
@@ -284,7 +291,7 @@ def train_gbr(
             state["stale"] += 1
         torch.save(
             {
-                "config": asdict(cfg) | {"device": None},
+                "config": asdict(cfg),
                 "state_dict": model.state_dict(),
                 "optimizer": optim.state_dict(),
                 "state": state,
