@@ -304,8 +304,18 @@ def render_gbr(runs: dict) -> list[str]:
                 f"GBR HR@1 {g['hr@1']:.4f} HR@10 {g['hr@10']:.4f}; neighbour mean "
                 f"HR@1 {b['hr@1']:.4f} HR@10 {b['hr@10']:.4f}"
             )
+        lr = r.get("locator_recovery", {})
+        if lr.get("cases"):
+            lines.append(
+                f"- locating a hidden behavior ({lr['cases']} windows, "
+                f"{lr['gaps_per_window_mean']:.1f} gaps each): HR@1 / HR@3 learned "
+                f"{lr['learned']['hr@1']:.3f} / {lr['learned']['hr@3']:.3f}, heuristic "
+                f"{lr['heuristic']['hr@1']:.3f} / {lr['heuristic']['hr@3']:.3f}, chance "
+                f"{lr['chance']['hr@1']:.3f} / {lr['chance']['hr@3']:.3f}"
+            )
         lines += [
-            f"- [FILL] slots: {loc['slots']} over {loc['users']} users' served logs "
+            f"- [FILL] slots ({loc['config']['method']} locator): {loc['slots']} over "
+            f"{loc['users']} users' served logs "
             f"({loc['slots_per_user_mean']} per user); rule fire rate over all gaps "
             f"{loc['rule_fire_rate_over_all_gaps']}; timestamps: {loc['timestamps']}",
             f"- filled {r['fill']['prefixes']} prefixes with {r['fill']['generated']} generated "

@@ -207,3 +207,29 @@ def test_warm_start_layers_compute_what_minilm_computes() -> None:
             ref = out[0] if isinstance(out, tuple) else out
         got = model.encoder(x, src_key_padding_mask=torch.zeros(2, 7, dtype=torch.bool))
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_the_learned_locator_scores_gaps_and_places_slots_by_its_threshold(synthetic) -> None:
+    from reaseq.offline.gbr.learned_locator import (
+        learned_votes,
+        locator_recovery,
+        train_locator,
+    )
+    from reaseq.offline.gbr.locate import PairRules
+
+    data, reps = synthetic
+    model, features = train_locator(data, reps, 24, 0.2, 0, 3)
+    votes = learned_votes(data, model, features, threshold=0.6)
+    assert ((votes.votes >= 0) & (votes.votes <= 1)).all()
+    assert not votes.votes[~votes.has_gap].any()  # a first behavior has no gap to score
+    cfg = LocateConfig(method="learned", max_slots=3, window=10)
+    for u in range(20):
+        start, end = int(data.beh_offsets[u]), int(data.beh_offsets[u + 1])
+        slots = slots_in_prefix(votes.votes, start, end, cfg, votes.threshold)
+        assert (votes.votes[slots] >= 0.6).all() and len(slots) <= 3
+    report = locator_recovery(data, 24, 0.2, 0, model, features, PairRules(data, cfg))
+    assert report["cases"] > 0
+    for name in ("learned", "heuristic", "chance"):
+        assert 0 <= report[name]["hr@1"] <= report[name]["hr@3"] <= 1
+    with pytest.raises(ValueError, match="locator method"):
+        LocateConfig(method="psychic")

@@ -109,7 +109,7 @@ def fill_histories(
     for k, (u, h) in enumerate(zip(user_rows, hist_ends, strict=True)):
         start = int(data.beh_offsets[u])
         end = start + int(h)
-        slots = slots_in_prefix(votes.votes, start, end, cfg.locate)
+        slots = slots_in_prefix(votes.votes, start, end, cfg.locate, votes.threshold)
         lo = max(start, end - max(max_len, ctx))
         positions = np.arange(lo, end)
         seq_items = data.beh_items[positions].astype(np.int64)

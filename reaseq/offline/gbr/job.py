@@ -19,7 +19,8 @@ import numpy as np
 
 from reaseq.offline.gbr.evaluate import recovery
 from reaseq.offline.gbr.fill import FillConfig, FilledHistories, fill_histories
-from reaseq.offline.gbr.locate import gap_votes, locate_report
+from reaseq.offline.gbr.learned_locator import learned_votes, locator_recovery, train_locator
+from reaseq.offline.gbr.locate import PairRules, gap_votes, locate_report
 from reaseq.offline.gbr.train import GBRTrainConfig, resume_identity, train_gbr
 from reaseq.offline.prepare import Prepared
 
@@ -72,8 +73,27 @@ def run_gbr(
     model, scale = result.model, result.scale
     train_s = time.perf_counter() - started
     rec = recovery(data, model, scale, reps, cfg.train.val_users, cfg.train.seed, cfg.fill.sampler)
-    votes = gap_votes(data, cfg.fill.locate)
-    stats = locate_report(data, votes, cfg.fill.locate)
+    locate = cfg.fill.locate
+    started = time.perf_counter()
+    window = model.cfg.max_len
+    locator, features = train_locator(
+        data, reps, window, cfg.train.val_users, cfg.train.seed, locate.cf_window
+    )
+    locators = locator_recovery(
+        data,
+        window,
+        cfg.train.val_users,
+        cfg.train.seed,
+        locator,
+        features,
+        PairRules(data, locate),
+    )
+    if locate.method == "learned":
+        votes = learned_votes(data, locator, features, locate.learned_threshold)
+    else:
+        votes = gap_votes(data, locate)
+    locators["seconds"] = round(time.perf_counter() - started, 1)
+    stats = locate_report(data, votes, locate)
     started = time.perf_counter()
     histories = fill_histories(data, model, scale, reps, votes, cfg.fill, max_len)
     fill_s = time.perf_counter() - started
@@ -86,6 +106,7 @@ def run_gbr(
         "validation": result.best,
         "recovery": rec,
         "locate": stats,
+        "locator_recovery": locators,
         "fill": {
             "prefixes": len(histories.keys),
             "generated": len(histories.generated),
