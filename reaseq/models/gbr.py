@@ -34,6 +34,9 @@ class GBRConfig:
     max_len: int = 50  # positions per sequence (a user's most recent behaviors)
     temperature: float = 0.1  # cosine softmax temperature over the vocabulary
     warm_start: str = ""  # "": cold start; "minilm": layers from MiniLM-L6 (d=384, 6 layers)
+    # predict a correction to the distance-weighted mean of the known neighbours' representations
+    # (the recovery baseline) instead of a vector from scratch
+    context_residual: bool = False
 
     def __post_init__(self) -> None:
         if self.warm_start not in WARM_STARTS:
@@ -90,7 +93,10 @@ class MaskPredictor(nn.Module):
         x = x + self.gap(gaps.long()) + self.position(positions)[None]
         x = self.dropout(self.norm(x))
         h = self.encoder(x, src_key_padding_mask=~valid)
-        return self.item_out(h)
+        out = self.item_out(h)
+        if self.cfg.context_residual:
+            out = out + neighbour_mean(reps, valid & ~masked)
+        return out
 
     def logits(self, predicted: torch.Tensor, vocabulary: torch.Tensor) -> torch.Tensor:
         """Cosine / τ between predicted vectors [..., R] and vocabulary rows [V, R] -> [..., V]."""
@@ -99,6 +105,16 @@ class MaskPredictor(nn.Module):
             @ F.normalize(vocabulary, dim=-1).T
             / (self.cfg.temperature)
         )
+
+
+def neighbour_mean(reps: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """[B, L, R]: at each position, the mean of the known positions' reps weighted 1/(1+distance)
+    (zero where nothing is known)."""
+    positions = torch.arange(reps.shape[1], device=reps.device, dtype=reps.dtype)
+    weights = 1.0 / (1.0 + (positions[:, None] - positions[None, :]).abs())  # [L, L]
+    weights = weights[None] * known[:, None, :].to(reps.dtype)  # [B, L, L]
+    total = weights.sum(-1, keepdim=True).clamp_min(1e-6)
+    return (weights @ reps) / total
 
 
 def load_minilm_layers(model: MaskPredictor, minilm_dir: Path | None = None) -> int:

@@ -233,3 +233,29 @@ def test_the_learned_locator_scores_gaps_and_places_slots_by_its_threshold(synth
         assert 0 <= report[name]["hr@1"] <= report[name]["hr@3"] <= 1
     with pytest.raises(ValueError, match="locator method"):
         LocateConfig(method="psychic")
+
+
+def test_context_options_change_what_they_say() -> None:
+    """exclude_context drops a sequence's known items from its vocabulary (the loss can only go
+    down); context_residual starts from the neighbours' weighted mean."""
+    from reaseq.models.gbr import neighbour_mean
+    from reaseq.offline.gbr.train import in_batch_loss
+
+    torch.manual_seed(0)
+    reps = torch.randn(40, 8)
+    rows = torch.randint(0, 40, (6, 7))
+    gaps = torch.zeros(6, 7, dtype=torch.long)
+    valid = torch.ones(6, 7, dtype=torch.bool)
+    masked = torch.zeros(6, 7, dtype=torch.bool)
+    masked[:, 3] = True
+    model = MaskPredictor(GBRConfig(rep_dim=8, d_model=16, n_layers=1, n_heads=2, ff_dim=32))
+    model.eval()
+    plain, _ = in_batch_loss(model, reps, rows, gaps, valid, masked)
+    excluded, _ = in_batch_loss(model, reps, rows, gaps, valid, masked, exclude_context=True)
+    assert (excluded <= plain + 1e-5).all() and (excluded < plain - 1e-4).any()
+
+    known = torch.tensor([[True, False, True]])
+    x = torch.tensor([[[1.0], [100.0], [4.0]]])
+    mean = neighbour_mean(x, known)[0, :, 0]
+    torch.testing.assert_close(mean[1], torch.tensor(2.5))  # 1 and 4, both at distance 1
+    torch.testing.assert_close(mean[0], torch.tensor((1.0 + 4.0 / 3) / (1 + 1 / 3)))

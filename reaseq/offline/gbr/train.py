@@ -40,6 +40,9 @@ class GBRTrainConfig:
     weight_decay: float = 0.01
     eps: float = 0.05  # t ~ U(eps, 1); the loss weight 1/t is at most 1/eps
     val_users: float = 0.1
+    # leave a sequence's own known items out of its in-batch vocabulary (unless one is the
+    # target): a generated behavior that repeats the log adds nothing
+    exclude_context: bool = False
     seed: int = 0
     device: str = "auto"  # auto: CUDA when present, else CPU
     threads: int = 0  # torch CPU threads; 0 = torch's default
@@ -135,6 +138,7 @@ def in_batch_loss(
     gaps: torch.Tensor,
     valid: torch.Tensor,
     masked: torch.Tensor,
+    exclude_context: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per masked position: (cross-entropy, top-1 correct) against the batch's distinct items.
     Columns that are padding in every row are dropped first (sequences are left-aligned)."""
@@ -152,6 +156,13 @@ def in_batch_loss(
     targets = torch.full_like(safe, -1)
     targets[valid] = inverse
     logits = model.logits(predicted[masked], reps[vocab])
+    if exclude_context:
+        known = torch.zeros(len(rows), len(vocab), dtype=torch.bool, device=rows.device)
+        seen = valid & ~masked
+        known[torch.nonzero(seen)[:, 0], targets[seen]] = True
+        own = known[torch.nonzero(masked)[:, 0]]  # [M, V]
+        own[torch.arange(len(own)), targets[masked]] = False
+        logits = logits.masked_fill(own, -1e4)
     ce = F.cross_entropy(logits, targets[masked], reduction="none")
     return ce, logits.argmax(dim=-1) == targets[masked]
 
@@ -172,7 +183,7 @@ def evaluate_ib(
         valid = rows >= 0
         t = cfg.eps + (1 - cfg.eps) * torch.rand(len(rows), generator=generator, device=device)
         masked = masked_batch(valid, t, generator)
-        ce, hit = in_batch_loss(model, reps, rows, gaps, valid, masked)
+        ce, hit = in_batch_loss(model, reps, rows, gaps, valid, masked, cfg.exclude_context)
         ces.append(ce)
         hits.append(hit)
     if not ces:
@@ -265,7 +276,7 @@ def train_gbr(
             valid = rows >= 0
             t = cfg.eps + (1 - cfg.eps) * torch.rand(len(rows), generator=generator, device=device)
             masked = masked_batch(valid, t, generator)
-            ce, _ = in_batch_loss(model, item_reps, rows, gaps, valid, masked)
+            ce, _ = in_batch_loss(model, item_reps, rows, gaps, valid, masked, cfg.exclude_context)
             weights = (1.0 / t)[:, None].expand_as(masked)[masked]
             loss = (ce * weights).sum() / valid.sum()
             optim.zero_grad()
