@@ -77,11 +77,12 @@ def recovery(
     gaps = np.zeros((len(cases), width), dtype=np.int64)
     for j, (seq, gap, _) in enumerate(cases):
         items[j, : len(seq)], gaps[j, : len(seq)] = seq, gap
-    hidden = np.asarray([c[2] for c in cases])
+    hidden_t = torch.from_numpy(np.asarray([c[2] for c in cases])).to(device)
+    rows = torch.arange(len(cases), device=device)
     t_items = torch.from_numpy(items).to(device)
     valid = t_items >= 0
     slots = torch.zeros_like(valid)
-    slots[torch.arange(len(cases)), torch.from_numpy(hidden)] = True
+    slots[rows, hidden_t] = True
     x = catalog[t_items.clamp(min=0)] * (valid & ~slots)[..., None]
     filled = denoise(
         model,
@@ -92,8 +93,6 @@ def recovery(
         catalog,
         sampler or SamplerConfig(),
     )
-    rows = torch.arange(len(cases))
-    hidden_t = torch.from_numpy(hidden)
     targets = t_items[rows, hidden_t]
     gbr_vec = filled.latents[rows, hidden_t]
     neighbour_mean = (x[rows, hidden_t - 1] + x[rows, hidden_t + 1]) / 2
