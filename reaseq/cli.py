@@ -255,23 +255,26 @@ def pipeline(
 @app.command("export")
 def export_cmd(
     dataset: Annotated[str, typer.Argument(help="dataset name under the artifacts folder")],
-    features: Annotated[str, typer.Option(help="which trained model: id | id+text")] = "id+text",
+    features: Annotated[
+        str, typer.Option(help="which trained model: id | id+<kind> | id+<kind>+gbr")
+    ] = "id+text",
     artifacts: Annotated[
         Path, typer.Option(help="artifacts folder, relative to the current directory")
     ] = Path("artifacts"),
 ) -> None:
     """Export a trained ranker as a new release folder (ONNX + feature snapshot), parity-checked."""
     from reaseq.offline.export import export_release
-    from reaseq.offline.pipeline import load_prepared
+    from reaseq.offline.pipeline import load_prepared, saved_histories
     from reaseq.offline.train import CHECKPOINT_FILE, load_checkpoint
 
     work = artifacts / dataset
     with _clear_errors():
         model, ckpt = load_checkpoint(work / "models" / features / CHECKPOINT_FILE)
         data = load_prepared(work)
+        histories = saved_histories(work, features, log=err_console.print)
     test = ckpt["metrics"]["test"]
     metrics = {f"test_{k}": v for k, v in test.items() if k != "n"}
-    folder = export_release(model, data, work / "exports", features, metrics)
+    folder = export_release(model, data, work / "exports", features, metrics, histories=histories)
     parity = json.loads((folder / "manifest.json").read_text())["metrics"]
     console.print(f"exported {folder} (ONNX parity {parity['onnx_parity_max_abs_diff']:.1e})")
 

@@ -169,6 +169,18 @@ def served_behaviors(
     return ServedBehaviors(offsets, vectors, flat_gaps.astype(np.uint8), generated.astype(np.uint8))
 
 
+def user_value_sizes(offsets: np.ndarray, dim: int, value_format: int) -> dict[str, float]:
+    """Bytes of the published user values (codec: 8-byte header, float16 vectors, and one gap
+    bucket and one flag byte per behavior in format 2): what one request reads for its user."""
+    lengths = np.diff(offsets)
+    per_behavior = 2 * dim + (2 if value_format == 2 else 0)
+    sizes = 8 + lengths * per_behavior
+    return {
+        "user_value_bytes_mean": float(sizes.mean()) if len(sizes) else 0.0,
+        "user_value_bytes_max": float(sizes.max()) if len(sizes) else 0.0,
+    }
+
+
 def export_release(
     model: Ranker,
     data: Prepared,
@@ -234,6 +246,7 @@ def export_release(
         features=features,
         metrics=metrics
         | {"onnx_parity_max_abs_diff": diff, "generated_behaviors": int(served.generated.sum())}
+        | user_value_sizes(served.offsets, dim, value_format)
         | calibration_metrics(model),
         ranker_config=json.loads(json.dumps(cfg.to_dict())),
     )

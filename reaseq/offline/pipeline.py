@@ -325,6 +325,25 @@ def render_gbr(runs: dict) -> list[str]:
     return lines
 
 
+def saved_histories(work: Path, features: str, log: Log = print):
+    """The histories a trained `features` ranker of this artifacts folder was trained on: None
+    for the plain log; for `+gbr`, GBR again with the configuration report.json recorded (its
+    checkpoint is reused, the fill is recomputed), so an export publishes what training saw."""
+    if not uses_gbr(features):
+        return None
+    report = work / "report.json"
+    if not report.exists():
+        raise FileNotFoundError(f"{report} not found: run `reaseq pipeline` with {features}")
+    saved = json.loads(report.read_text())["config"]
+    cfg = PipelineConfig()
+    apply_overrides(cfg.gbr, saved["gbr"], "report.json gbr")
+    kind = representation_kind(features)
+    reps_file = work / "reps" / kind / "item_reps.npy"
+    data = load_prepared(work)
+    max_len = saved["train"]["ranker"]["max_behaviors"]
+    return run_gbr(data, np.load(reps_file), kind, work, cfg.gbr, max_len, log).histories
+
+
 def load_text_embeddings(work: Path) -> np.ndarray | None:
     path = work / "reps" / "text" / EMBED_CACHE
     return np.load(path) if path.exists() else None

@@ -24,18 +24,11 @@ from tests.offline.test_export import release_vs_pytorch
 
 
 def filled(gbr_pipeline_run):
-    """The filled histories the exported ranker was trained on (recomputed from the cache)."""
-    from reaseq.offline.gbr.job import run_gbr
-    from reaseq.offline.pipeline import PipelineConfig, apply_overrides
+    """The filled histories the exported ranker was trained on (GBR reused from its cache)."""
+    from reaseq.offline.pipeline import saved_histories
 
     work = gbr_pipeline_run.work_dir
-    cfg = PipelineConfig()
-    saved = gbr_pipeline_run.report["config"]
-    apply_overrides(cfg.gbr, saved["gbr"])
-    reps = np.load(work / "reps" / "text" / "item_reps.npy")
-    data = load_prepared(work)
-    max_len = saved["train"]["ranker"]["max_behaviors"]
-    return data, run_gbr(data, reps, "text", work, cfg.gbr, max_len, log=lambda _m: None)
+    return load_prepared(work), saved_histories(work, "id+text+gbr", log=lambda _m: None)
 
 
 def test_the_gbr_run_reports_what_the_issue_asks(gbr_pipeline_run) -> None:
@@ -61,23 +54,23 @@ def test_the_release_publishes_generated_behaviors_and_reproduces_pytorch(gbr_pi
     model, _ = load_checkpoint(
         gbr_pipeline_run.work_dir / "models" / "id+text+gbr" / CHECKPOINT_FILE
     )
-    data, run = filled(gbr_pipeline_run)
-    diff = release_vs_pytorch(model, data, release, run.histories)
+    data, histories = filled(gbr_pipeline_run)
+    diff = release_vs_pytorch(model, data, release, histories)
     print(f"GBR release (float16) vs PyTorch on filled histories: max abs diff {diff:.2e}")
     assert diff < 5e-3
     # a served generated behavior is the exported tower applied to its latent
     users = np.arange(len(data.user_ids))
-    rows, _ = run.histories.lookup(users, np.diff(data.beh_offsets))
+    rows, _ = histories.lookup(users, np.diff(data.beh_offsets))
     assert (rows > data.n_items).sum() == manifest.metrics["generated_behaviors"]
     any_user = int(np.flatnonzero((rows > data.n_items).any(axis=1))[0])
     generated_rows = rows[any_user][rows[any_user] > data.n_items] - data.n_items - 1
-    latents = torch.from_numpy(run.histories.generated[generated_rows])
+    latents = torch.from_numpy(histories.generated[generated_rows])
     expected = model.items.generated_vectors(latents).numpy().astype(np.float16)
     served = snap.sequence_of(any_user)
     np.testing.assert_array_equal(served.vectors[served.generated == 1], expected)
     # the generated vectors belong to this user's whole-log prefix
     key = any_user * KEY_STRIDE + int(np.diff(data.beh_offsets)[any_user])
-    assert set(run.histories.key_of_generated[generated_rows].tolist()) == {key}
+    assert set(histories.key_of_generated[generated_rows].tolist()) == {key}
 
 
 @pytest.mark.anyio
@@ -129,3 +122,27 @@ async def test_a_generated_position_reaches_the_model_of_a_served_request(
     np.testing.assert_array_equal(
         behaviors[-2:], snap.item_vectors[[row[i] for i in items[3:5]]].astype(np.float32)
     )
+
+
+def test_reaseq_export_of_a_gbr_model_publishes_its_generated_behaviors(gbr_pipeline_run) -> None:
+    """`reaseq export --features id+text+gbr` rebuilds the fill from the recorded configuration:
+    the same generated behaviors as the pipeline's own export, and value sizes as the codec
+    writes them."""
+    from typer.testing import CliRunner
+
+    from reaseq.cli import app
+    from reaseq.core.values import snapshot_values
+
+    work = gbr_pipeline_run.work_dir
+    args = ["export", work.name, "--features", "id+text+gbr", "--artifacts", str(work.parent)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    folder = max((work / "exports").iterdir(), key=lambda p: p.stat().st_mtime)
+    ours, pipeline = read_manifest(folder), read_manifest(gbr_pipeline_run.release_dir)
+    assert ours.metrics["generated_behaviors"] == pipeline.metrics["generated_behaviors"] > 0
+    assert ours.feature_version == pipeline.feature_version  # the same vectors, byte for byte
+    sizes = [
+        len(v) for name, v in snapshot_values(Snapshot.open(folder)) if name.startswith(b"user:")
+    ]
+    assert ours.metrics["user_value_bytes_max"] == max(sizes)
+    assert ours.metrics["user_value_bytes_mean"] == pytest.approx(np.mean(sizes))
