@@ -25,15 +25,14 @@ ConfigOpt = Annotated[
 
 def _job(config: Path | None, epochs: int | None, warm_start: str | None, device: str | None):
     """The pipeline config (its [gbr] part is the job's), from TOML with options on top."""
-    from reaseq.offline.pipeline import PipelineConfig, load_pipeline_config
+    from reaseq.offline.pipeline import PipelineConfig, apply_overrides, load_pipeline_config
 
     try:
         cfg = load_pipeline_config(config) if config else PipelineConfig()
         if epochs is not None:
             cfg.gbr.train.epochs = epochs
         if warm_start is not None:
-            cfg.gbr.train.model.warm_start = warm_start
-            cfg.gbr.train.model.__post_init__()
+            apply_overrides(cfg.gbr.train.model, {"warm_start": warm_start}, "--warm-start")
         if device is not None:
             cfg.gbr.train.device = device
     except (OSError, ValueError) as err:

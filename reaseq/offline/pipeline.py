@@ -97,6 +97,12 @@ def apply_overrides(target: object, values: dict, where: str = "config") -> None
             setattr(target, key, Path(value))  # TOML has no path type
         else:
             setattr(target, key, tuple(value) if isinstance(current, tuple) else value)
+    check = getattr(target, "__post_init__", None)
+    if check is not None:  # the dataclass's own checks (and derived fields) see the new values
+        try:
+            check()
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
 
 
 def load_pipeline_config(path: Path, cfg: PipelineConfig | None = None) -> PipelineConfig:

@@ -86,3 +86,24 @@ def test_bad_options_are_one_clear_line(tmp_path: Path) -> None:
         assert result.exit_code == 2, (args, result.output)
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and message in errors[0], (args, result.stderr)
+
+
+def test_a_bad_value_in_the_toml_is_refused_by_the_same_checks(tmp_path: Path) -> None:
+    from reaseq.offline.pipeline import load_pipeline_config
+
+    for table, line, message in [
+        ("gbr.fill.locate", 'method = "psychic"', "locator method"),
+        ("gbr.fill.sampler", "steps = 0", "steps >= 1"),
+        ("gbr.train.model", 'warm_start = "gpt"', "warm_start must be one of"),
+    ]:
+        path = tmp_path / "bad.toml"
+        path.write_text(f"[{table}]\n{line}\n")
+        try:
+            load_pipeline_config(path)
+        except ValueError as err:
+            assert message in str(err) and table in str(err), err
+        else:
+            raise AssertionError(f"{line} was accepted")
+    path.write_text('[gbr.train.model]\nwarm_start = "minilm"\n')
+    model = load_pipeline_config(path).gbr.train.model
+    assert (model.d_model, model.n_layers) == (384, 6)  # the warm start's shape follows
