@@ -19,7 +19,10 @@ RepresentationOpt = Annotated[
 ]
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option(help="pipeline TOML file ([gbr.*] tables are read, e.g. configs/gbr.toml)"),
+    typer.Option(
+        help="pipeline TOML file ([gbr.*] tables are read, e.g. configs/gbr.toml)",
+        show_default="the built-in defaults",
+    ),
 ]
 
 
@@ -66,11 +69,19 @@ def _run(dataset, artifacts, representation, config, epochs, warm_start, device)
     return data, run
 
 
-EpochsOpt = Annotated[int | None, typer.Option(help="max epochs (early stopping on IB-PPL)")]
-WarmOpt = Annotated[
-    str | None, typer.Option(help="'' cold start | minilm (MiniLM-L6 layers, d = 384)")
+EpochsOpt = Annotated[
+    int | None,
+    typer.Option(help="max epochs (early stopping on IB-PPL)", show_default="the config's (30)"),
 ]
-DeviceOpt = Annotated[str | None, typer.Option(help="auto | cpu | cuda")]
+WarmOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="'' cold start | minilm (MiniLM-L6 layers, d = 384)", show_default="cold start"
+    ),
+]
+DeviceOpt = Annotated[
+    str | None, typer.Option(help="auto | cpu | cuda", show_default="auto: CUDA when present")
+]
 
 
 @gbr_app.command("locate")
