@@ -237,7 +237,8 @@ def test_the_learned_locator_scores_gaps_and_places_slots_by_its_threshold(synth
 
 def test_context_options_change_what_they_say() -> None:
     """exclude_context drops a sequence's known items from its vocabulary (the loss can only go
-    down); context_residual starts from the neighbours' weighted mean."""
+    down), catalog_softmax scores against every item (it can only go up); context_residual
+    starts from the neighbours' weighted mean."""
     from reaseq.models.gbr import neighbour_mean
     from reaseq.offline.gbr.train import in_batch_loss
 
@@ -253,6 +254,9 @@ def test_context_options_change_what_they_say() -> None:
     plain, _ = in_batch_loss(model, reps, rows, gaps, valid, masked)
     excluded, _ = in_batch_loss(model, reps, rows, gaps, valid, masked, exclude_context=True)
     assert (excluded <= plain + 1e-5).all() and (excluded < plain - 1e-4).any()
+    # the whole catalog holds every batch item and more: the same targets, more competitors
+    whole, _ = in_batch_loss(model, reps, rows, gaps, valid, masked, catalog=True)
+    assert (whole >= plain - 1e-5).all() and (whole > plain + 1e-4).any()
 
     known = torch.tensor([[True, False, True]])
     x = torch.tensor([[[1.0], [100.0], [4.0]]])

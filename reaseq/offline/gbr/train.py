@@ -43,6 +43,9 @@ class GBRTrainConfig:
     # leave a sequence's own known items out of its in-batch vocabulary (unless one is the
     # target): a generated behavior that repeats the log adds nothing
     exclude_context: bool = False
+    # train against the whole catalog instead of the batch's items (IB-PPL / IB-ACC stay
+    # in-batch): the vocabulary recovery and serving rank against
+    catalog_softmax: bool = False
     seed: int = 0
     device: str = "auto"  # auto: CUDA when present, else CPU
     threads: int = 0  # torch CPU threads; 0 = torch's default
@@ -139,6 +142,7 @@ def in_batch_loss(
     valid: torch.Tensor,
     masked: torch.Tensor,
     exclude_context: bool = False,
+    catalog: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per masked position: (cross-entropy, top-1 correct) against the batch's distinct items.
     Columns that are padding in every row are dropped first (sequences are left-aligned)."""
@@ -152,7 +156,10 @@ def in_batch_loss(
     safe = rows.clamp(min=0)
     inputs = reps[safe] * valid[..., None]
     predicted = model(inputs, gaps, masked, valid)
-    vocab, inverse = torch.unique(safe[valid], return_inverse=True)
+    if catalog:
+        vocab, inverse = torch.arange(len(reps), device=rows.device), safe[valid]
+    else:
+        vocab, inverse = torch.unique(safe[valid], return_inverse=True)
     targets = torch.full_like(safe, -1)
     targets[valid] = inverse
     logits = model.logits(predicted[masked], reps[vocab])
@@ -276,7 +283,16 @@ def train_gbr(
             valid = rows >= 0
             t = cfg.eps + (1 - cfg.eps) * torch.rand(len(rows), generator=generator, device=device)
             masked = masked_batch(valid, t, generator)
-            ce, _ = in_batch_loss(model, item_reps, rows, gaps, valid, masked, cfg.exclude_context)
+            ce, _ = in_batch_loss(
+                model,
+                item_reps,
+                rows,
+                gaps,
+                valid,
+                masked,
+                cfg.exclude_context,
+                cfg.catalog_softmax,
+            )
             weights = (1.0 / t)[:, None].expand_as(masked)[masked]
             loss = (ce * weights).sum() / valid.sum()
             optim.zero_grad()
