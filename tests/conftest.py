@@ -191,3 +191,20 @@ def second_release(pipeline_run, tmp_path_factory: pytest.TempPathFactory) -> Pa
     data = load_prepared(pipeline_run.work_dir)
     out = tmp_path_factory.mktemp("exports2")
     return export_release(model, data, out, "id+text", {}, release="second-release")
+
+
+@pytest.fixture
+def model_feeds(monkeypatch):  # -> list[dict[str, np.ndarray]]
+    """Every feed dict ONNX Runtime is given, as it is given (after batching and padding)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    calls: list[dict] = []
+    original = ort.InferenceSession.run
+
+    def spy(self, output_names, input_feed, run_options=None):
+        calls.append({k: np.array(v) for k, v in input_feed.items()})
+        return original(self, output_names, input_feed, run_options)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", spy)
+    return calls

@@ -6,7 +6,6 @@ appended after it."""
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -75,34 +74,26 @@ def test_the_release_publishes_generated_behaviors_and_reproduces_pytorch(gbr_pi
 
 @pytest.mark.anyio
 async def test_a_generated_position_reaches_the_model_of_a_served_request(
-    gbr_pipeline_run, redis_client, redis_server, tmp_path, monkeypatch
+    gbr_pipeline_run, redis_client, redis_server, model_feeds
 ) -> None:
     release = gbr_pipeline_run.release_dir
     published = RedisPublisher(redis_client, KeySchema("gbr")).publish(release)
     snap = Snapshot.open(release)
     user_row = next(u for u in range(len(snap.user_ids)) if snap.sequence_of(u).generated.any())
     sequence = snap.sequence_of(user_row)
-    feeds_seen: list[dict[str, np.ndarray]] = []
-    run = ort.InferenceSession.run
-
-    def spy(self, names, feeds, options=None):
-        feeds_seen.append({k: np.array(v) for k, v in feeds.items()})
-        return run(self, names, feeds, options)
-
-    monkeypatch.setattr(ort.InferenceSession, "run", spy)
     settings = ServiceSettings(
         store="redis", redis_url=redis_server.url, redis_namespace="gbr", batch_max_size=1
     )
     ranker = await Ranker.open(settings, follow=False)
     items = snap.item_ids.tolist()
     try:
-        feeds_seen.clear()
+        model_feeds.clear()
         query = RankQuery(str(snap.user_ids[user_row]), items[:3], recent_item_ids=items[3:5])
         result = await ranker.rank(query)
     finally:
         await ranker.close()
     assert result.release == published
-    (feeds,) = feeds_seen
+    (feeds,) = model_feeds
     n = len(sequence.vectors)
     generated = feeds[contract.BEHAVIOR_GENERATED][0]
     gaps = feeds[contract.BEHAVIOR_GAP_BUCKETS][0]

@@ -35,20 +35,6 @@ def exports(tmp_path: Path) -> Path:
     return tmp_path / "exports"
 
 
-@pytest.fixture
-def model_feeds(monkeypatch) -> list[dict[str, np.ndarray]]:
-    """Every feed dict ONNX Runtime is given, as it is given (after batching and padding)."""
-    calls: list[dict[str, np.ndarray]] = []
-    original = ort.InferenceSession.run
-
-    def spy(self, output_names, input_feed, run_options=None):
-        calls.append({k: np.array(v) for k, v in input_feed.items()})
-        return original(self, output_names, input_feed, run_options)
-
-    monkeypatch.setattr(ort.InferenceSession, "run", spy)
-    return calls
-
-
 def publisher(store: str, tmp_path: Path, redis_client) -> EmbeddedPublisher | RedisPublisher:
     if store == "redis":
         return RedisPublisher(redis_client, KeySchema(NS))
