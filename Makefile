@@ -1,6 +1,7 @@
 # Two commands set up a fresh machine:  `make run` (the whole path on embedded defaults)
 # and `make test`. Everything else is a convenience.
 VENV ?= .venv
+PYTRITON ?= nvidia-pytriton==0.7.0
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -12,6 +13,9 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	# a real tritonserver (CPU, Python backend) for the Triton tests; --no-deps: the wheel's
+	# Python API (unused here) caps numpy below 2
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(PYTRITON)
 	touch $@
 
 redis:  ## redis-server for the integration tests (Debian package)
@@ -21,7 +25,7 @@ run: setup  ## synthetic sample -> train -> export -> publish (embedded) -> serv
 	$(VENV)/bin/reaseq demo
 
 test: setup redis lint
-	$(PY) -m pytest -q
+	REASEQ_REQUIRE_TRITON=1 $(PY) -m pytest -q
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not e2e"

@@ -31,6 +31,7 @@ from rich.progress import (
 
 from reaseq.cli_gbr import gbr_app
 from reaseq.cli_makr import makr_app
+from reaseq.cli_triton import triton_app
 from reaseq.service.settings import ServiceSettings
 
 app = typer.Typer(
@@ -41,6 +42,7 @@ release_app = typer.Typer(help="List, activate and roll back releases.")
 app.add_typer(release_app, name="release")
 app.add_typer(makr_app, name="makr")
 app.add_typer(gbr_app, name="gbr")
+app.add_typer(triton_app, name="triton")
 console = Console()
 err_console = Console(stderr=True)  # errors and "which store" lines: stdout stays parseable
 
@@ -386,15 +388,29 @@ def serve(
     grpc_port: Annotated[
         int | None, typer.Option(help="gRPC port", show_default="$REASEQ_GRPC_PORT, else 50051")
     ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="model backend: local (in-process ONNX Runtime) | triton",
+            show_default="$REASEQ_BACKEND, else local",
+        ),
+    ] = None,
+    triton_url: Annotated[
+        str | None,
+        typer.Option(help="Triton gRPC host:port", show_default="$REASEQ_TRITON_URL"),
+    ] = None,
 ) -> None:
     """Run the gRPC and HTTP ranking service (settings from REASEQ_* environment)."""
     from reaseq.service.server import serve as run_server
 
-    settings = _settings(store, releases_dir, redis_url)
-    if http_port is not None:
-        settings.http_port = http_port
-    if grpc_port is not None:
-        settings.grpc_port = grpc_port
+    if backend not in (None, "local", "triton"):
+        err_console.print(f"[red]error:[/] --backend is local or triton, not {escape(backend)}")
+        raise typer.Exit(2)
+    overrides = {"http_port": http_port, "grpc_port": grpc_port, "backend": backend}
+    overrides |= {"triton_url": triton_url}
+    settings = _settings(store, releases_dir, redis_url).model_copy(
+        update={k: v for k, v in overrides.items() if v is not None}
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     with _clear_errors():  # a taken port is one line and exit code 2, not a traceback
         asyncio.run(run_server(settings))

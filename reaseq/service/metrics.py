@@ -86,6 +86,10 @@ RELEASE_FALLBACK = Gauge(
 RELEASES_REFUSED = Counter(
     "reaseq_releases_refused", "Published releases refused because they failed their checks."
 )
+TRITON_FALLBACK = Counter(
+    "reaseq_triton_fallback",
+    "Model calls scored in-process because Triton failed (triton_fallback = local).",
+)
 
 _release_lock = threading.Lock()
 _active: tuple[str, str, str] | None = None

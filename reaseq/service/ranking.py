@@ -42,6 +42,7 @@ from reaseq.service.releases import (
     make_redis_client,
 )
 from reaseq.service.settings import ServiceSettings
+from reaseq.service.triton.backend import TritonBackend, TritonModels, TritonOptions
 
 log = logging.getLogger(__name__)
 CLOSE_WAIT_S = 5.0  # how long close() waits for the release poller to stop
@@ -73,6 +74,19 @@ def assemble(
     return ModelInputs(candidates[None], behaviors[None], mask[None], gaps[None], generated[None])
 
 
+def triton_options(settings: ServiceSettings) -> TritonOptions:
+    return TritonOptions(
+        url=settings.triton_url,
+        runtime=settings.triton_runtime,
+        timeout_s=settings.triton_timeout_s,
+        load_timeout_s=settings.triton_load_timeout_s,
+        max_batch_size=settings.triton_max_batch_size,
+        queue_delay_us=settings.triton_queue_delay_us,
+        instances=settings.triton_instances,
+        intra_op_threads=settings.onnx_intra_op_threads,
+    )
+
+
 async def _within(awaitable: Awaitable[T], deadline: float | None, stage: str) -> T:
     """Await with the request's remaining time; past it, a DeadlineExceeded naming the stage."""
     if deadline is None:
@@ -97,6 +111,9 @@ class Ranker:
         self._retiring: dict[asyncio.Task, str] = {}  # previous releases draining after a switch
         self._last_problem: str | None = None  # why the last pointer check / load failed
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._triton = None
+        if settings.backend == "triton":  # one client and one set of hosted models per service
+            self._triton = TritonModels(triton_options(settings))
 
     @classmethod
     async def open(cls, settings: ServiceSettings, follow: bool = True) -> Ranker:
@@ -129,6 +146,8 @@ class Ranker:
         if self._active:
             await self._active.close()
         await asyncio.gather(*self._retiring, return_exceptions=True)
+        if self._triton is not None:
+            await self._triton.close()
         await self.source.close()
 
     # --- release following -------------------------------------------------------------------
@@ -225,7 +244,12 @@ class Ranker:
         log.error("refused release %s: %s; still serving %s", target, err, current)
 
     def _make_backend(self, model_bytes: bytes) -> ModelBackend:
+        """Called in a worker thread with verified model bytes; ONNX Runtime checks the model
+        against the contract whichever backend then hosts it."""
         onnx = OnnxRuntimeBackend(model_bytes, self.settings.onnx_intra_op_threads)
+        if self._triton is not None:
+            fallback = self.settings.triton_fallback == "local"
+            return TritonBackend(self._triton, model_bytes, onnx, fallback=fallback)
         if self.settings.batch_max_size <= 1:
             return onnx
         return MicroBatcher(onnx, self.settings.batch_max_size, self.settings.batch_workers)

@@ -45,10 +45,20 @@ class ServiceSettings(BaseSettings):
     release_poll_interval_s: float = Field(2.0, gt=0)  # how often the active pointer is checked
 
     # model backend
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "triton"] = "local"  # in-process ONNX Runtime, or a Triton server
     onnx_intra_op_threads: int = Field(1, ge=1)  # threads inside one model call
     batch_max_size: int = Field(16, ge=1)  # requests merged into one model call (1: no batching)
     batch_workers: int = Field(2, ge=1)  # model calls in flight at once
+
+    # backend = "triton": a Triton sidecar the service loads each release's model into
+    triton_url: str = "127.0.0.1:8001"  # gRPC
+    triton_runtime: Literal["onnxruntime", "python"] = "onnxruntime"  # python: pytriton's server
+    triton_timeout_s: float = Field(1.0, gt=0)  # one model call (or the request's deadline)
+    triton_load_timeout_s: float = Field(60.0, gt=0)  # loading one release's model
+    triton_max_batch_size: int = Field(64, ge=1)  # Triton's dynamic batcher
+    triton_queue_delay_us: int = Field(200, ge=0)
+    triton_instances: int = Field(1, ge=1)
+    triton_fallback: Literal["none", "local"] = "none"  # local: score in-process if Triton fails
 
     # transports
     host: str = "127.0.0.1"
