@@ -102,11 +102,8 @@ def add_release(release_dir: Path, repository: Path, fp16: bool = True) -> Writt
     manifest = read_manifest(release_dir)
     model_bytes = (release_dir / MODEL_FILE).read_bytes()
     version = release_version(manifest.created_at)
-    if not (repository / MODEL_NAME / "config.pbtxt").exists():
-        write_configs(repository)
-    paths = [_write(repository / MODEL_NAME / str(version) / MODEL_FILE, model_bytes)]
-    diff = float("nan")
-    if fp16:
+    diff, half = float("nan"), None
+    if fp16:  # checked before anything is written: a failed add leaves the repository as it was
         half = fp16_model(model_bytes)
         diff = parity(model_bytes, half)
         if diff > FP16_PARITY_BOUND:
@@ -114,6 +111,10 @@ def add_release(release_dir: Path, repository: Path, fp16: bool = True) -> Writt
                 f"FP16 variant of {manifest.release} differs from fp32 by {diff:.2e} "
                 f"(bound {FP16_PARITY_BOUND:.0e}); not written"
             )
+    if not (repository / MODEL_NAME / "config.pbtxt").exists():
+        write_configs(repository)
+    paths = [_write(repository / MODEL_NAME / str(version) / MODEL_FILE, model_bytes)]
+    if half is not None:
         paths.append(_write(repository / FP16_MODEL_NAME / str(version) / MODEL_FILE, half))
     return Written(version, paths, diff)
 
