@@ -29,6 +29,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from reaseq.cli_bench import bench_matrix
 from reaseq.cli_gbr import gbr_app
 from reaseq.cli_makr import makr_app
 from reaseq.cli_triton import triton_app
@@ -43,6 +44,7 @@ app.add_typer(release_app, name="release")
 app.add_typer(makr_app, name="makr")
 app.add_typer(gbr_app, name="gbr")
 app.add_typer(triton_app, name="triton")
+app.command("bench-matrix")(bench_matrix)
 console = Console()
 err_console = Console(stderr=True)  # errors and "which store" lines: stdout stays parseable
 
@@ -464,8 +466,8 @@ def bench(
 ) -> None:
     """p50/p99 latency and throughput of Rank against a running service (ids from a release, so
     every candidate and behavior is a real item). Exits 1 if any request failed."""
-    from reaseq.service.bench import bench as run_bench
-    from reaseq.service.bench import format_report
+    from reaseq.bench.client import bench as run_bench
+    from reaseq.bench.client import format_report
 
     with _clear_errors():
         user_ids, item_ids = _release_ids(_settings(store, releases_dir, redis_url), ids_from)
@@ -503,8 +505,8 @@ def bench_switch_cmd(
 ) -> None:
     """p50/p99 of gRPC Rank in steady state vs while the service switches release under load.
     Exits 1 if any request failed."""
+    from reaseq.bench.client import bench_switch
     from reaseq.offline.publish import rollback_target
-    from reaseq.service.bench import bench_switch
 
     settings = _settings(store, releases_dir, redis_url)
     with _clear_errors():

@@ -24,7 +24,10 @@ RepositoryOpt = Annotated[
 def repository(
     release: Annotated[
         list[Path] | None,
-        typer.Option(help="release folder whose model to add as a version (repeatable)"),
+        typer.Option(
+            help="release folder whose model to add as a version (repeatable)",
+            show_default="none: configs only",
+        ),
     ] = None,
     out: RepositoryOpt = Path("model_repository"),
     fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="also the FP16 variant")] = True,

@@ -217,7 +217,10 @@ class Snapshot:
 
         def load(name: str, mmap: bool = False) -> np.ndarray:
             try:
-                return np.load(release_dir / name, mmap_mode="r" if mmap else None)
+                array = np.load(release_dir / name, mmap_mode="r" if mmap else None)
+                # a plain ndarray view of the mapping: np.memmap's subclass hooks cost ~10 µs
+                # on every slice, and a request slices several times
+                return np.asarray(array)
             except FileNotFoundError:
                 raise ReleaseCheckError(f"release {release_dir.name}: {name} is missing") from None
 

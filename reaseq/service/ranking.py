@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import socket
@@ -88,12 +89,19 @@ def triton_options(settings: ServiceSettings) -> TritonOptions:
 
 
 async def _within(awaitable: Awaitable[T], deadline: float | None, stage: str) -> T:
-    """Await with the request's remaining time; past it, a DeadlineExceeded naming the stage."""
+    """Await with the request's remaining time; past it, a DeadlineExceeded naming the stage.
+    `asyncio.timeout`, not `wait_for`: no extra task per stage (it showed in the profile)."""
     if deadline is None:
         return await awaitable
+    remaining = deadline - time.perf_counter()
     try:
-        return await asyncio.wait_for(awaitable, timeout=max(deadline - time.perf_counter(), 0))
+        if remaining <= 0:
+            raise TimeoutError
+        async with asyncio.timeout(remaining):
+            return await awaitable
     except TimeoutError:
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()  # never started: no "was never awaited" warning
         raise DeadlineExceeded(f"request deadline passed while {stage}") from None
 
 
@@ -246,7 +254,9 @@ class Ranker:
     def _make_backend(self, model_bytes: bytes) -> ModelBackend:
         """Called in a worker thread with verified model bytes; ONNX Runtime checks the model
         against the contract whichever backend then hosts it."""
-        onnx = OnnxRuntimeBackend(model_bytes, self.settings.onnx_intra_op_threads)
+        onnx = OnnxRuntimeBackend(
+            model_bytes, self.settings.onnx_intra_op_threads, inline=self.settings.model_inline
+        )
         if self._triton is not None:
             fallback = self.settings.triton_fallback == "local"
             return TritonBackend(self._triton, model_bytes, onnx, fallback=fallback)

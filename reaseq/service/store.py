@@ -8,6 +8,7 @@ generated flag; defaults in value format 1) and every item vector it needs.
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -90,11 +91,19 @@ def corrupt_value(release: str, why: str) -> CorruptFeatures:
     return CorruptFeatures(f"release {release} holds a corrupt feature value ({why}); republish it")
 
 
+F32_ITEM_CACHE_BYTES = 256 << 20  # item vectors kept as float32 in memory up to this size
+
+
 class EmbeddedFeatures(FeatureView):
     def __init__(self, snapshot: Snapshot, release: str) -> None:
         self.snapshot, self.release = snapshot, release
         self.dim = snapshot.dim
         self.default_item = snapshot.default_item_vector.astype(np.float32)
+        # numpy converts float16 one value at a time (~75 µs for a request's 300 x 96 vectors);
+        # a catalog that fits is converted once here instead (memory: 2x its float16 file)
+        self._item_vectors = snapshot.item_vectors
+        if snapshot.item_vectors.size * 4 <= F32_ITEM_CACHE_BYTES:
+            self._item_vectors = snapshot.item_vectors.astype(np.float32)
         self._item_rows = {item_id: row for row, item_id in enumerate(snapshot.item_ids.tolist())}
         self._user_rows = {user_id: row for row, user_id in enumerate(snapshot.user_ids.tolist())}
 
@@ -107,11 +116,13 @@ class EmbeddedFeatures(FeatureView):
             if problem := side_problem(gaps, flags):  # a memory-mapped file changed on disk
                 raise corrupt_value(self.release, problem)
             user = UserBehaviors(np.asarray(vectors, dtype=np.float32), gaps, flags)
-        rows = np.array([self._item_rows.get(i, -1) for i in item_ids], dtype=np.int64)
+        # dict.get(id, -1) called from C by map, straight into an int64 array
+        lookup = map(self._item_rows.get, item_ids, itertools.repeat(-1, len(item_ids)))
+        rows = np.fromiter(lookup, dtype=np.int64, count=len(item_ids))
         found = rows >= 0
         items = np.zeros((len(item_ids), self.dim), dtype=np.float32)
         if found.any():
-            items[found] = self.snapshot.item_vectors[rows[found]]
+            items[found] = self._item_vectors[rows[found]]
         return FetchedFeatures(
             *user, user_found=user_row is not None, items=items, items_found=found
         )

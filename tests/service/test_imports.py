@@ -6,7 +6,7 @@ import sys
 
 def test_service_imports_no_training_code() -> None:
     code = (
-        "import sys, reaseq.service.server, reaseq.service.bench;"
+        "import sys, reaseq.service.server, reaseq.bench.client;"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'sentence_transformers')"
         " or m.startswith(('reaseq.offline', 'reaseq.models'))];"
         "print(bad); sys.exit(1 if bad else 0)"

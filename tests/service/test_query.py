@@ -67,3 +67,26 @@ def test_default_limits_come_from_the_design() -> None:
         validate_query(
             query(candidate_item_ids=[f"i{n}" for n in range(limits.max_candidates + 1)]), limits
         )
+
+
+BAD_IDS = {  # one bad id among many good ones: the whole-list check must send it to the per-id one
+    "": "non-empty",
+    "   ": "non-empty",
+    "a\ud800b": "lone surrogate at character 1",
+    "x" * (MAX_ID_LENGTH + 1): "the limit is",
+    "a\nb": "control characters",
+    "a\x00": "control characters",
+    7: "non-empty string",
+}
+
+
+@pytest.mark.parametrize("field", ["candidate_item_ids", "recent_item_ids"])
+@pytest.mark.parametrize("bad", list(BAD_IDS), ids=repr)
+def test_a_bad_id_among_hundreds_is_found_and_named(field: str, bad: object) -> None:
+    ids: list[object] = [f"item-{n}" for n in range(300)]
+    ids[137] = bad
+    limits = RankLimits(max_candidates=1000, max_recent_behaviors=1000)
+    with pytest.raises(InvalidRequest, match=BAD_IDS[bad]) as err:
+        validate_query(query(**{field: ids}), limits)
+    assert f"{field}[137]" in err.value.message
+    validate_query(query(**{field: [f"item-{n}" for n in range(300)]}), limits)

@@ -244,10 +244,20 @@ def test_one_broken_manifest_breaks_neither_list_nor_rollback(
 
 
 async def test_a_nan_reaching_the_model_is_an_error_never_a_score(
-    ranker: Ranker, releases_dir: Path, release_ids
+    service_settings, releases_dir: Path, release_ids, monkeypatch
 ) -> None:
-    """The embedded store memory-maps its vectors: a file changed on disk under a running
-    service reaches the model. The service answers with an error, never NaN (JSON `null`)."""
+    """The embedded store memory-maps its vectors (a catalog too big for its float32 copy): a
+    file changed on disk under a running service reaches the model. The service answers with an
+    error, never NaN (JSON `null`)."""
+    monkeypatch.setattr("reaseq.service.store.F32_ITEM_CACHE_BYTES", 0)
+    ranker = await Ranker.open(service_settings, follow=False)
+    try:
+        await _nan_reaching_the_model(ranker, releases_dir, release_ids)
+    finally:
+        await ranker.close()
+
+
+async def _nan_reaching_the_model(ranker: Ranker, releases_dir: Path, release_ids) -> None:
     user, items = release_ids
     release = ranker.active_versions()[0]
     snap = Snapshot.open(releases_dir / release)

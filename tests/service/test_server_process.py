@@ -130,3 +130,22 @@ def test_a_second_server_on_a_taken_port_exits_with_one_clear_line(
             health_pb2.HealthCheckRequest(service=""), timeout=5
         )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_accepted_connections_send_small_responses_without_delay() -> None:
+    """TCP_NODELAY on every accepted connection: without it each small HTTP response waited
+    for the client's delayed ACK (~40 ms per request, seen in the benchmark)."""
+    import socket
+
+    from reaseq.service.server import bind_tcp
+
+    listener = bind_tcp("127.0.0.1", 0, "HTTP")
+    try:
+        listener.listen()
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        accepted.close()
+        client.close()
+    finally:
+        listener.close()

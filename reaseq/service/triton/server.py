@@ -17,6 +17,7 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -154,18 +155,19 @@ class TritonServer:
         raise RuntimeError(f"tritonserver not ready after {timeout_s:.0f} s: see {self.log_path}")
 
     def kill(self) -> None:
-        """SIGKILL, as a crash would (tests of the outage path)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+        """SIGKILL to the server and its Python-backend stubs (its process group), as a crash of
+        the whole pod would; killing only the server leaves the stubs running."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.kill()  # whatever is left of the group (stubs of a server that did not exit)
 
 
 @contextlib.contextmanager

@@ -7,9 +7,9 @@ import asyncio
 import pytest
 from typer.testing import CliRunner
 
+from reaseq.bench.client import bench, bench_switch, format_report
 from reaseq.cli import app
 from reaseq.offline.publish import EmbeddedPublisher
-from reaseq.service.bench import bench, bench_switch, format_report
 from reaseq.service.grpc_server import build_grpc_server
 from reaseq.service.ranking import Ranker
 from reaseq.service.settings import ServiceSettings

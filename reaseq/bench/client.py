@@ -1,7 +1,8 @@
 """Closed-loop latency/throughput benchmark of a running service, over gRPC or HTTP.
 
 Pure client code (stubs + grpc/httpx only), so it measures what a caller sees and can run from
-any machine. Each request scores `n_candidates` items against `n_recent` real-time behaviors.
+any machine; it lives outside `reaseq.service` because it is a caller, not part of the service.
+Each request scores `n_candidates` items against `n_recent` real-time behaviors.
 
     reaseq bench --transport grpc --target 127.0.0.1:50051
     reaseq bench-switch --target 127.0.0.1:50051      # p99 while a release switches
@@ -77,13 +78,17 @@ async def _run(
     bodies: list[dict[str, Any]],
     warmup: int,
     concurrency: int,
+    max_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """Run warm-up then the timed requests with `concurrency` workers; summarise."""
+    """Run warm-up then the timed requests with `concurrency` workers; summarise. With
+    `max_seconds`, the timed phase stops sending after that long (a slow server's cell ends in
+    bounded time; `requests` then counts what was sent)."""
     latencies: list[float] = []
     errors: list[str] = []
+    stop_at = float("inf")
 
     async def worker(queue: list[dict[str, Any]], record: bool) -> None:
-        while queue:
+        while queue and perf_counter() < stop_at:
             body = queue.pop()
             start = perf_counter()
             try:
@@ -99,13 +104,15 @@ async def _run(
     await asyncio.gather(*(worker(warm, record=False) for _ in range(concurrency)))
     timed = bodies[warmup:][::-1]  # pop() from the end keeps request order
     start = perf_counter()
+    if max_seconds is not None:
+        stop_at = start + max_seconds
     await asyncio.gather(*(worker(timed, record=True) for _ in range(concurrency)))
     wall = perf_counter() - start
 
     ms = sorted(x * 1000 for x in latencies)
     n_candidates = len(bodies[0]["candidate_item_ids"]) if bodies else 0
     return {
-        "requests": len(bodies) - warmup,
+        "requests": len(bodies) - warmup - len(timed),
         "ok": len(ms),
         "errors": len(errors),
         "first_error": errors[0] if errors else None,
@@ -161,12 +168,14 @@ async def bench(
     concurrency: int = 8,
     warmup: int = 100,
     seed: int = 0,
+    max_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """Benchmark Rank at `target` (gRPC host:port, or HTTP base URL)."""
+    """Benchmark Rank at `target` (gRPC host:port, or HTTP base URL); `max_seconds` caps the
+    timed phase (None: all `requests` are sent)."""
     bodies = _make_requests(user_ids, item_ids, n_candidates, n_recent, warmup + requests, seed)
     async with _rank_caller(transport, target, concurrency) as call:
         report = {"transport": transport, "target": target}
-        return report | await _run(call, bodies, warmup, concurrency)
+        return report | await _run(call, bodies, warmup, concurrency, max_seconds)
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -1,0 +1,133 @@
+"""`reaseq bench-matrix`: the service's backends x transports x sizes x concurrency, beside the
+floor (transport alone) and the naive path (PyTorch eager, dict lookups), into a report.
+
+The matrix starts everything it measures itself, so it needs a release folder only (and, for the
+naive path, the checkpoint the release was exported from).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{what}: comma-separated integers, got {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _env_pairs(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.startswith("REASEQ_"):
+            raise typer.BadParameter(f"--service-env takes REASEQ_NAME=value, got {pair!r}")
+        env[key] = value
+    return env
+
+
+def bench_matrix(
+    release: Annotated[
+        Path, typer.Option(help="release folder (exported or published) to serve and measure")
+    ],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="the naive path's training checkpoint (ranker.pt the release was exported from)",
+            show_default="<work>/models/<features>/ranker.pt beside the release's exports/, "
+            "else artifacts/<dataset>/models/<features>/ranker.pt",
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="report folder: matrix.json, matrix.md, matrix.png, logs/")
+    ] = Path("artifacts/bench"),
+    backends: Annotated[str, typer.Option(help="service backends: local,triton ('' none)")] = (
+        "local,triton"
+    ),
+    transports: Annotated[str, typer.Option(help="grpc,http")] = "grpc,http",
+    candidates: Annotated[str, typer.Option(help="candidates per request")] = "50,200,1000",
+    behaviors: Annotated[str, typer.Option(help="recent_item_ids per request")] = "50,100",
+    concurrency: Annotated[str, typer.Option(help="requests in flight")] = "1,8,32",
+    requests: Annotated[int, typer.Option(help="timed requests per cell, at most")] = 400,
+    max_seconds: Annotated[float, typer.Option(help="cap on one cell's timed phase")] = 5.0,
+    warmup: Annotated[int, typer.Option(help="untimed requests before each cell")] = 20,
+    floor: Annotated[bool, typer.Option("--floor/--no-floor", help="measure the floor")] = True,
+    naive: Annotated[
+        bool, typer.Option("--naive/--no-naive", help="measure the naive path")
+    ] = True,
+    naive_threads: Annotated[int, typer.Option(help="torch threads of the naive path")] = 1,
+    store: Annotated[str, typer.Option(help="the service's store: embedded | redis")] = (
+        "embedded"
+    ),
+    redis_url: Annotated[str, typer.Option(help="with --store redis")] = (
+        "redis://127.0.0.1:6379/0"
+    ),
+    redis_namespace: Annotated[
+        str, typer.Option(help="with --store redis: a namespace of the benchmark's own")
+    ] = "reaseq-bench",
+    service_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="REASEQ_NAME=value for the service (repeatable), e.g. REASEQ_BATCH_MAX_SIZE=1",
+            show_default="none: the service's defaults",
+        ),
+    ] = None,
+) -> None:
+    """Benchmark matrix: the service (local, triton) over gRPC and HTTP at each size and
+    concurrency, with the floor and the naive path measured on the same cells. Writes a report
+    (JSON, Markdown, PNG) and exits 1 if any request failed."""
+    from reaseq.bench import report as reports
+    from reaseq.bench.matrix import MatrixConfig, run_matrix
+
+    try:
+        cfg = MatrixConfig(
+            release=release,
+            out=out,
+            checkpoint=checkpoint,
+            backends=_names(backends),
+            transports=_names(transports),
+            candidates=_ints(candidates, "--candidates"),
+            behaviors=_ints(behaviors, "--behaviors"),
+            concurrency=_ints(concurrency, "--concurrency"),
+            requests=requests,
+            max_seconds=max_seconds,
+            warmup=warmup,
+            floor=floor,
+            naive=naive,
+            naive_threads=naive_threads,
+            store=store,  # type: ignore[arg-type]  # checked by MatrixConfig
+            redis_url=redis_url,
+            redis_namespace=redis_namespace,
+            service_env=_env_pairs(service_env or []),
+        )
+        report = run_matrix(
+            cfg, log=lambda line: console.print(line, highlight=False, soft_wrap=True)
+        )
+    except (ValueError, RuntimeError) as err:
+        err_console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    paths = reports.write(report, out)
+    console.print(reports.rich_table(report), width=max(console.width, 120))  # never truncated
+    console.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
+    failed = [row for row in report["cells"] if row["errors"]]
+    if failed:
+        first = failed[0]
+        err_console.print(
+            f"[red]error:[/] {len(failed)} cells had failed requests; first: {first['system']} "
+            f"{first['transport']}: {escape(str(first['first_error']))}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
