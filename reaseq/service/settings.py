@@ -50,7 +50,7 @@ class ServiceSettings(BaseSettings):
     batch_max_size: int = Field(16, ge=1)  # requests merged into one model call (1: no batching)
     batch_workers: int = Field(2, ge=1)  # model calls in flight at once
     # run ONNX Runtime on the event loop's thread instead of a worker thread (see README, CPU path)
-    model_inline: bool = False
+    model_inline: bool = True
 
     # backend = "triton": a Triton sidecar the service loads each release's model into
     triton_url: str = "127.0.0.1:8001"  # gRPC
