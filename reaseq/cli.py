@@ -459,6 +459,9 @@ def bench(
     recent: Annotated[int, typer.Option(help="real-time behaviors sent per request")] = 100,
     requests: Annotated[int, typer.Option(help="timed requests (after 100 warm-up)")] = 2000,
     concurrency: Annotated[int, typer.Option(help="requests in flight at once")] = 8,
+    explain: Annotated[
+        bool, typer.Option("--explain/--no-explain", help="ask for explanations in every request")
+    ] = False,
     ids_from: IdsFromOpt = None,
     store: StoreOpt = None,
     releases_dir: ReleasesDirOpt = None,
@@ -481,6 +484,7 @@ def bench(
                 n_recent=recent,
                 requests=requests,
                 concurrency=concurrency,
+                explain=explain,
             )
         )
     console.print(format_report(stats), soft_wrap=True, markup=False)

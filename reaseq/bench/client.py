@@ -169,10 +169,15 @@ async def bench(
     warmup: int = 100,
     seed: int = 0,
     max_seconds: float | None = None,
+    explain: bool = False,
 ) -> dict[str, Any]:
     """Benchmark Rank at `target` (gRPC host:port, or HTTP base URL); `max_seconds` caps the
-    timed phase (None: all `requests` are sent)."""
+    timed phase (None: all `requests` are sent); `explain` asks every request for explanations
+    (their cost: compare with a run without)."""
     bodies = _make_requests(user_ids, item_ids, n_candidates, n_recent, warmup + requests, seed)
+    if explain:
+        for body in bodies:
+            body["explain"] = True
     async with _rank_caller(transport, target, concurrency) as call:
         report = {"transport": transport, "target": target}
         return report | await _run(call, bodies, warmup, concurrency, max_seconds)

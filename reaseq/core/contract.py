@@ -18,10 +18,15 @@ BEHAVIOR_MASK = "behavior_mask"  # float32 [B, L]: 1 for a real behavior, 0 for 
 BEHAVIOR_GAP_BUCKETS = "behavior_gap_buckets"  # int64 [B, L]: GAP_* bucket of each behavior
 BEHAVIOR_GENERATED = "behavior_generated"  # float32 [B, L]: 1 for a GBR-generated behavior
 SCORES = "scores"  # float32 [B, C]: click probability per candidate
+# float32 [B, C, L]: how much each candidate attended to each behavior (dot attention: softmax
+# weights averaged over heads; DIN: its activation weights). Models exported before
+# explanations lack it; the service then refuses `explain` for that release, nothing else.
+ATTENTION = "attention"
 
 INPUT_NAMES = (CANDIDATES, BEHAVIORS, BEHAVIOR_MASK)  # every model has these
 SIDE_INPUT_NAMES = (BEHAVIOR_GAP_BUCKETS, BEHAVIOR_GENERATED)  # models with value format 2
-OUTPUT_NAMES = (SCORES,)
+OUTPUT_NAMES = (SCORES,)  # every model has these
+OPTIONAL_OUTPUT_NAMES = (ATTENTION,)
 
 # Time-gap buckets: the gap from the previous behavior of the same user, log2-spaced in hours.
 GAP_UNKNOWN = 0  # no timestamps (order-only data such as Scientific), or padding

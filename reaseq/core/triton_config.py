@@ -30,6 +30,7 @@ _DTYPES = {  # contract tensor -> Triton dtype
     contract.BEHAVIOR_GAP_BUCKETS: mc.TYPE_INT64,
     contract.BEHAVIOR_GENERATED: mc.TYPE_FP32,
     contract.SCORES: mc.TYPE_FP32,
+    contract.ATTENTION: mc.TYPE_FP32,
 }
 _DIMS = {  # per-request shape without the batch axis; D filled in from the model
     contract.CANDIDATES: [-1, "D"],
@@ -38,6 +39,7 @@ _DIMS = {  # per-request shape without the batch axis; D filled in from the mode
     contract.BEHAVIOR_GAP_BUCKETS: [-1],
     contract.BEHAVIOR_GENERATED: [-1],
     contract.SCORES: [-1],
+    contract.ATTENTION: [-1, -1],
 }
 
 
@@ -51,6 +53,7 @@ def model_config(
     gpu: bool = False,
     dim: int | None = None,
     side_inputs: bool = True,
+    attention: bool = False,
     intra_op_threads: int = 1,
 ) -> mc.ModelConfig:
     """The ranker's config. With `dim`, inputs and outputs are declared (pushed configs);
@@ -70,7 +73,7 @@ def model_config(
         names = contract.INPUT_NAMES + (contract.SIDE_INPUT_NAMES if side_inputs else ())
         for tensor in names:
             config.input.add(name=tensor, data_type=_DTYPES[tensor], dims=_dims(tensor, dim))
-        for tensor in contract.OUTPUT_NAMES:
+        for tensor in contract.OUTPUT_NAMES + ((contract.ATTENTION,) if attention else ()):
             config.output.add(name=tensor, data_type=_DTYPES[tensor], dims=_dims(tensor, dim))
     return config
 

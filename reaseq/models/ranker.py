@@ -55,6 +55,12 @@ class DotTargetAttention(nn.Module):
         self.out = nn.Linear(attn_dim, dim)
 
     def forward(self, cand: torch.Tensor, beh: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.attend(cand, beh, mask)[0]
+
+    def attend(
+        self, cand: torch.Tensor, beh: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(interest (B, C, D), attention weights averaged over heads (B, C, L))."""
         b, c, _ = cand.shape
         length = beh.shape[1]
         q = self.q(cand).view(b, c, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, C, hd)
@@ -63,10 +69,11 @@ class DotTargetAttention(nn.Module):
         v = v.view(b, length, self.n_heads, self.head_dim).transpose(1, 2)
         logits = q @ k.transpose(-1, -2) / self.head_dim**0.5  # (B, H, C, L)
         logits = logits.masked_fill(mask[:, None, None, :] <= 0, -1e4)
-        pooled = torch.softmax(logits, dim=-1) @ v  # (B, H, C, hd)
+        weights = torch.softmax(logits, dim=-1)  # (B, H, C, L)
+        pooled = weights @ v  # (B, H, C, hd)
         pooled = pooled.transpose(1, 2).reshape(b, c, -1)
         has_any = (mask.sum(-1) > 0).to(cand.dtype)[:, None, None]  # empty history -> zero
-        return self.out(pooled) * has_any  # (B, C, D)
+        return self.out(pooled) * has_any, weights.mean(1) * has_any  # (B, C, D), (B, C, L)
 
 
 class DinTargetAttention(nn.Module):
@@ -82,11 +89,17 @@ class DinTargetAttention(nn.Module):
         self.mlp = nn.Sequential(nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, 1))
 
     def forward(self, cand: torch.Tensor, beh: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.attend(cand, beh, mask)[0]
+
+    def attend(
+        self, cand: torch.Tensor, beh: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(interest (B, C, D), activation weights (B, C, L), unnormalised as in DIN)."""
         a_q = self.w_q(cand)[:, :, None, :]  # (B, C, 1, h1)
         a_k = self.w_k(beh)[:, None, :, :]  # (B, 1, L, h1)
         a_qk = self.w_qk(cand[:, :, None, :] * beh[:, None, :, :])  # (B, C, L, h1)
         weights = self.mlp(a_q + a_k + a_qk).squeeze(-1) * mask[:, None, :]  # (B, C, L)
-        return weights @ beh  # (B, C, D), DIN: weighted sum, no softmax
+        return weights @ beh, weights  # (B, C, D), DIN: weighted sum, no softmax
 
 
 class ScoringNet(nn.Module):
@@ -126,14 +139,25 @@ class ScoringNet(nn.Module):
     ) -> torch.Tensor:
         """Uncalibrated logits (what BCE trains). gaps int [B, L] and generated float [B, L]
         are read when the net has a behavior side (missing: unknown gap, real behavior)."""
+        return self.logits_and_attention(cand, beh, mask, gaps, generated)[0]
+
+    def logits_and_attention(
+        self,
+        cand: torch.Tensor,
+        beh: torch.Tensor,
+        mask: torch.Tensor,
+        gaps: torch.Tensor | None = None,
+        generated: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, C) and each candidate's attention over the behaviors (B, C, L)."""
         if self.behavior_side:
             if gaps is not None:
                 beh = beh + self.gap_embedding(gaps.long())
             if generated is not None:
                 beh = beh + generated[..., None] * self.generated_vector
-        interest = self.attention(cand, beh, mask)  # (B, C, D)
+        interest, weights = self.attention.attend(cand, beh, mask)  # (B, C, D), (B, C, L)
         features = torch.cat([cand, interest, cand * interest], dim=-1)  # (B, C, 3D)
-        return self.head(features).squeeze(-1)  # (B, C)
+        return self.head(features).squeeze(-1), weights  # (B, C), (B, C, L)
 
     def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated logits: scale > 0, so the order of the scores (AUC, GAUC) is unchanged."""
@@ -148,6 +172,11 @@ class ScoringNet(nn.Module):
         generated: torch.Tensor | None = None,
     ) -> torch.Tensor:
         return torch.sigmoid(self.calibrate(self.logits(cand, beh, mask, gaps, generated)))
+
+    def explained(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores (B, C), attention (B, C, L)): what the exported model outputs."""
+        logits, weights = self.logits_and_attention(*inputs)
+        return torch.sigmoid(self.calibrate(logits)), weights
 
 
 class ItemTower(nn.Module):

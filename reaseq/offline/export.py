@@ -67,9 +67,21 @@ def _inputs(scorer: ScoringNet) -> tuple[str, ...]:
     return (*contract.INPUT_NAMES, *side)
 
 
+class _Explained(torch.nn.Module):
+    """The scorer with its attention weights as a second output (explanations)."""
+
+    def __init__(self, scorer: ScoringNet) -> None:
+        super().__init__()
+        self.scorer = scorer
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scorer.explained(*inputs)
+
+
 def export_onnx(scorer: ScoringNet, dim: int) -> bytes:
     """ONNX bytes of the scoring network; B, C and L are dynamic. A net with a behavior side
-    also takes each behavior's gap bucket and generated flag (value format 2)."""
+    also takes each behavior's gap bucket and generated flag (value format 2). Outputs: scores
+    and the attention weights (contract.ATTENTION) that explanations read."""
     scorer.eval()
     example: tuple[torch.Tensor, ...] = (
         torch.randn(2, 3, dim),
@@ -85,16 +97,17 @@ def export_onnx(scorer: ScoringNet, dim: int) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            scorer,
+            _Explained(scorer).eval(),  # export restores the wrapper's mode onto the scorer
             example,
             buffer,
             input_names=list(_inputs(scorer)),
-            output_names=list(contract.OUTPUT_NAMES),
+            output_names=[contract.SCORES, contract.ATTENTION],
             dynamic_axes={
                 contract.CANDIDATES: {0: "batch", 1: "candidates"},
                 contract.BEHAVIORS: {0: "batch", 1: "behaviors"},
                 contract.BEHAVIOR_MASK: {0: "batch", 1: "behaviors"},
                 contract.SCORES: {0: "batch", 1: "candidates"},
+                contract.ATTENTION: {0: "batch", 1: "candidates", 2: "behaviors"},
             }
             | side_axes,
             opset_version=OPSET,
@@ -119,10 +132,15 @@ def onnx_parity(scorer: ScoringNet, onnx_bytes: bytes, dim: int, seed: int = 0) 
             gaps = rng.integers(0, contract.N_GAP_BUCKETS, size=(b, length))
             generated = (rng.random((b, length)) > 0.7).astype(np.float32)
             feeds |= {contract.BEHAVIOR_GAP_BUCKETS: gaps, contract.BEHAVIOR_GENERATED: generated}
-        (ort_out,) = session.run([contract.SCORES], feeds)
+        ort_scores, ort_attention = session.run([contract.SCORES, contract.ATTENTION], feeds)
         with torch.no_grad():
-            ref = scorer(*(torch.from_numpy(feeds[name]) for name in _inputs(scorer)))
-        worst = max(worst, float(np.abs(ort_out - ref.numpy()).max()))
+            inputs = (torch.from_numpy(feeds[name]) for name in _inputs(scorer))
+            scores, attention = scorer.explained(*inputs)
+        worst = max(
+            worst,
+            float(np.abs(ort_scores - scores.numpy()).max()),
+            float(np.abs(ort_attention - attention.numpy()).max()),
+        )
     return worst
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from reaseq.service.errors import ModelBackendUnavailable
 from reaseq.service.logs import log_throttled
 
 log = logging.getLogger(__name__)
+# set by a backend whose configured fallback answered for the current request (its task)
+DEGRADED: contextvars.ContextVar[bool] = contextvars.ContextVar("reaseq_degraded", default=False)
 
 
 def _scoring_failed(err: BaseException) -> ModelBackendUnavailable:
@@ -56,6 +59,7 @@ class ModelInputs(NamedTuple):
 class ModelBackend(ABC):
     dim: int
     side_inputs: bool  # the model takes contract.SIDE_INPUT_NAMES (value format 2)
+    explains: bool = False  # the model outputs contract.ATTENTION
 
     @abstractmethod
     async def score(
@@ -69,6 +73,10 @@ class ModelBackend(ABC):
         """candidates [B, C, D], behaviors [B, L, D], mask [B, L], gap buckets [B, L] and
         generated flags [B, L] -> probabilities [B, C]. The side inputs are always passed and
         reach the model only if it takes them."""
+
+    async def explain(self, *inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [B, C], attention [B, C, L]) for `score`'s inputs; only if `explains`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot explain")
 
     async def close(self) -> None:
         """Free the model."""
@@ -112,6 +120,7 @@ class OnnxRuntimeBackend(ModelBackend):
             raise ModelBackendError("model's candidate width D must be static")
         self.dim = dim
         self.side_inputs = bool(declared)
+        self.explains = contract.ATTENTION in outputs
 
     def score_sync(
         self,
@@ -121,6 +130,28 @@ class OnnxRuntimeBackend(ModelBackend):
         gap_buckets: np.ndarray,
         generated: np.ndarray,
     ) -> np.ndarray:
+        (scores,) = self.session.run(
+            [contract.SCORES],
+            self._feeds(ModelInputs(candidates, behaviors, mask, gap_buckets, generated)),
+        )
+        return scores
+
+    def explain_sync(self, *inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores, attention = self.session.run(
+            [contract.SCORES, contract.ATTENTION], self._feeds(ModelInputs(*inputs))
+        )
+        return scores, attention
+
+    async def explain(self, *inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            if self.inline:
+                return self.explain_sync(*inputs)
+            return await anyio.to_thread.run_sync(self.explain_sync, *inputs)
+        except Exception as err:
+            raise _scoring_failed(err) from err
+
+    def _feeds(self, inputs: ModelInputs) -> dict[str, np.ndarray]:
+        candidates, behaviors, mask, gap_buckets, generated = inputs
         feeds = {
             contract.CANDIDATES: candidates.astype(np.float32, copy=False),
             contract.BEHAVIORS: behaviors.astype(np.float32, copy=False),
@@ -129,8 +160,7 @@ class OnnxRuntimeBackend(ModelBackend):
         if self.side_inputs:
             feeds[contract.BEHAVIOR_GAP_BUCKETS] = gap_buckets.astype(np.int64, copy=False)
             feeds[contract.BEHAVIOR_GENERATED] = generated.astype(np.float32, copy=False)
-        (scores,) = self.session.run([contract.SCORES], feeds)
-        return scores
+        return feeds
 
     async def score(
         self,
@@ -164,6 +194,7 @@ class MicroBatcher(ModelBackend):
 
     def __init__(self, inner: OnnxRuntimeBackend, max_batch: int = 16, workers: int = 2) -> None:
         self.inner, self.dim, self.side_inputs = inner, inner.dim, inner.side_inputs
+        self.explains = inner.explains
         self.max_batch, self.n_workers = max_batch, workers
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._workers: list[asyncio.Task] = []
@@ -190,6 +221,10 @@ class MicroBatcher(ModelBackend):
             return await future
         finally:
             self._in_flight -= 1
+
+    async def explain(self, *inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Explanations are rare and return more per request: one model call each, unbatched."""
+        return await self.inner.explain(*inputs)
 
     async def _work(self) -> None:
         while True:

@@ -68,6 +68,15 @@ class CorruptFeatures(ReaseqError):
     kind = "corrupt_features"
 
 
+class ExplainUnavailable(ReaseqError):
+    """`explain` was asked of a release whose model has no attention output (exported before
+    explanations); scores alone still work."""
+
+    http_status = 400
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    kind = "explain_unavailable"
+
+
 class DeadlineExceeded(ReaseqError):
     """The request's own deadline passed before scoring finished."""
 

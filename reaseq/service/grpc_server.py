@@ -44,6 +44,7 @@ def to_query(request: ranking_pb2.RankRequest, time_remaining_s: float | None) -
         candidate_item_ids=list(request.candidate_item_ids),
         recent_item_ids=list(request.recent_item_ids),
         deadline_ms=deadline_ms,
+        explain=request.explain,
     )
 
 

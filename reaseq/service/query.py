@@ -7,6 +7,7 @@ so both transports have identical semantics by construction.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 from reaseq.service.errors import InvalidRequest
 
@@ -27,6 +28,19 @@ class RankQuery:
     candidate_item_ids: list[str]
     recent_item_ids: list[str] = field(default_factory=list)
     deadline_ms: int | None = None  # None or 0: no per-request deadline
+    explain: bool = False  # also return each candidate's most attended behaviors
+
+
+class AttendedBehavior(TypedDict):
+    """One behavior a candidate attended to, as the model saw it (a plain dict: a response
+    carries C x top_k of them, and objects cost ~5 ms per 1,000 here)."""
+
+    position: int  # in the behavior sequence the model read, oldest first
+    source: str  # "published" (from the store) or "recent" (recent_item_ids)
+    item_id: str  # "" when unknown: a generated behavior, or one the store cannot name
+    generated: bool  # GBR-generated (beyond the log), not a real behavior
+    gap_bucket: int  # contract.GAP_* bucket
+    weight: float  # attention weight (dot attention: sums to 1 over the behaviors)
 
 
 @dataclass
@@ -41,11 +55,19 @@ class RankResult:
     ]  # positions in candidate_item_ids scored with the default vector
     unknown_recent_indices: list[int]  # positions in recent_item_ids that were ignored
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
-    degraded: bool = False  # a configured fallback answered (reserved)
+    degraded: bool = False  # a configured fallback answered (triton_fallback = "local")
+    # with `explain`: per candidate, its top attended behaviors, heaviest first
+    explanations: list[list[AttendedBehavior]] | None = None
 
     def response_fields(self) -> dict:
-        """The fields both transports return (everything but the internal timings)."""
-        return {k: v for k, v in vars(self).items() if k != "timings"}
+        """The fields both transports return (everything but the internal timings); no
+        `explanations` key unless they were asked for."""
+        fields = {k: v for k, v in vars(self).items() if k != "timings"}
+        if self.explanations is None:
+            del fields["explanations"]
+        else:
+            fields["explanations"] = [{"behaviors": b} for b in self.explanations]
+        return fields
 
 
 _FORBIDDEN = ("\x00", "\n", "\r")  # no id may hold these (store keys, log lines)

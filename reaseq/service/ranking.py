@@ -26,15 +26,29 @@ from reaseq.core.keys import KeySchema
 from reaseq.core.release import ReleaseCheckError
 from reaseq.service import metrics
 from reaseq.service.backend import (
+    DEGRADED,
     MicroBatcher,
     ModelBackend,
     ModelBackendError,
     ModelInputs,
     OnnxRuntimeBackend,
 )
-from reaseq.service.errors import DeadlineExceeded, InvalidModelOutput, NotReady, ReaseqError
+from reaseq.service.errors import (
+    DeadlineExceeded,
+    ExplainUnavailable,
+    InvalidModelOutput,
+    NotReady,
+    ReaseqError,
+)
+from reaseq.service.explain import behavior_info, top_attended
 from reaseq.service.logs import log_throttled
-from reaseq.service.query import RankLimits, RankQuery, RankResult, validate_query
+from reaseq.service.query import (
+    AttendedBehavior,
+    RankLimits,
+    RankQuery,
+    RankResult,
+    validate_query,
+)
 from reaseq.service.releases import (
     EmbeddedReleaseSource,
     LoadedRelease,
@@ -316,6 +330,24 @@ class Ranker:
         finally:
             release.in_flight -= 1
 
+    def _explanations(
+        self,
+        release: LoadedRelease,
+        published: UserBehaviors,
+        recent_ids: list[str],
+        attention: np.ndarray,
+    ) -> list[list[AttendedBehavior]]:
+        names = release.features.name_behaviors(published.vectors)
+        names = ["" if g else n for n, g in zip(names, published.generated, strict=True)]
+        info = behavior_info(
+            names,
+            published.generated,
+            published.gap_buckets,
+            recent_ids,
+            release.manifest.max_behaviors,
+        )
+        return top_attended(attention[0], info, self.settings.explain_top_k)
+
     async def _rank_on(
         self, release: LoadedRelease, query: RankQuery, started: float
     ) -> RankResult:
@@ -335,7 +367,19 @@ class Ranker:
         recent_found = fetched.items_found[n_cand:]
         recent = fetched.items[n_cand:][recent_found]
         inputs = assemble(release, fetched.published, recent, candidates)
-        scores = await _within(release.model.score(*inputs), deadline, "scoring")
+        DEGRADED.set(False)
+        explanations = None
+        if query.explain:
+            if not release.model.explains:
+                raise ExplainUnavailable(
+                    f"release {release.manifest.release} has a model without attention output "
+                    "(exported before explanations); re-export it, or rank without explain"
+                )
+            scores, attention = await _within(release.model.explain(*inputs), deadline, "scoring")
+            found_recent = [query.recent_item_ids[i] for i in np.flatnonzero(recent_found)]
+            explanations = self._explanations(release, fetched.published, found_recent, attention)
+        else:
+            scores = await _within(release.model.score(*inputs), deadline, "scoring")
         t_model = time.perf_counter()
         if not np.isfinite(scores).all():  # never a NaN/Inf as a score (JSON would say null)
             bad = int((~np.isfinite(scores[0])).sum())
@@ -359,6 +403,8 @@ class Ranker:
             unknown_user=not fetched.user_found,
             unknown_item_indices=np.flatnonzero(~cand_found).tolist(),
             unknown_recent_indices=np.flatnonzero(~recent_found).tolist(),
+            degraded=DEGRADED.get(),
+            explanations=explanations,
             timings={
                 "features": t_features - started,
                 "model": t_model - t_features,

@@ -76,3 +76,4 @@ class ServiceSettings(BaseSettings):
     # request bounds
     max_candidates: int = Field(1000, ge=1)
     max_recent_behaviors: int = Field(100, ge=0)
+    explain_top_k: int = Field(5, ge=1)  # attended behaviors returned per candidate (explain)

@@ -78,6 +78,11 @@ class FeatureView(ABC):
     @abstractmethod
     async def fetch(self, user_id: str, item_ids: list[str]) -> FetchedFeatures: ...
 
+    def name_behaviors(self, vectors: np.ndarray) -> list[str]:
+        """Item ids of published behavior vectors where the store can tell ("" where not: a
+        generated behavior, or a store that keeps no reverse index)."""
+        return [""] * len(vectors)
+
     async def ping(self) -> None:
         """Raise FeatureStoreUnavailable when the store cannot serve reads."""
 
@@ -104,8 +109,20 @@ class EmbeddedFeatures(FeatureView):
         self._item_vectors = snapshot.item_vectors
         if snapshot.item_vectors.size * 4 <= F32_ITEM_CACHE_BYTES:
             self._item_vectors = snapshot.item_vectors.astype(np.float32)
+        self._by_vector: dict[bytes, str] | None = None  # float16 bytes -> item id (explain)
         self._item_rows = {item_id: row for row, item_id in enumerate(snapshot.item_ids.tolist())}
         self._user_rows = {user_id: row for row, user_id in enumerate(snapshot.user_ids.tolist())}
+
+    def name_behaviors(self, vectors: np.ndarray) -> list[str]:
+        """A real published behavior is a copy of its item's float16 vector: look it up
+        (the reverse index is built on the first explanation, then kept)."""
+        if self._by_vector is None:
+            stored = np.ascontiguousarray(self.snapshot.item_vectors)
+            self._by_vector = {}
+            for row in range(len(stored) - 1, -1, -1):  # the first item wins a shared vector
+                self._by_vector[stored[row].tobytes()] = str(self.snapshot.item_ids[row])
+        halves = np.ascontiguousarray(vectors, dtype=self.snapshot.item_vectors.dtype)
+        return [self._by_vector.get(row.tobytes(), "") for row in halves]
 
     async def fetch(self, user_id: str, item_ids: list[str]) -> FetchedFeatures:
         user_row = self._user_rows.get(user_id)

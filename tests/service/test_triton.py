@@ -131,7 +131,13 @@ async def test_service_on_triton_answers_as_in_process(
     try:
         got, want = await on_triton.rank(query), await local.rank(query)
         np.testing.assert_allclose(got.scores, want.scores, atol=1e-6)
-        assert got.release == want.release
+        assert got.release == want.release and not got.degraded
+        query.explain = True  # the attention output travels through Triton too
+        got, want = await on_triton.rank(query), await local.rank(query)
+        assert got.explanations == want.explanations or all(
+            [b["position"] for b in g] == [b["position"] for b in w]
+            for g, w in zip(got.explanations, want.explanations, strict=True)
+        )
     finally:
         await on_triton.close()
         await local.close()
@@ -273,7 +279,9 @@ async def test_triton_outage_with_local_fallback_keeps_answering(
         before = metrics.TRITON_FALLBACK._value.get()
         server.kill()
         for _ in range(5):
-            np.testing.assert_allclose((await ranker.rank(query)).scores, want, atol=1e-6)
+            answer = await ranker.rank(query)
+            np.testing.assert_allclose(answer.scores, want, atol=1e-6)
+            assert answer.degraded, "the response says a fallback answered"
         assert metrics.TRITON_FALLBACK._value.get() >= before + 5
     finally:
         await ranker.close()

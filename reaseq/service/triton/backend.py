@@ -32,7 +32,7 @@ from reaseq.core import contract
 from reaseq.core.release import sha256_bytes
 from reaseq.core.triton_config import MODEL_NAME, RuntimeKind, model_config, to_json
 from reaseq.service import metrics
-from reaseq.service.backend import ModelBackend, ModelInputs, OnnxRuntimeBackend
+from reaseq.service.backend import DEGRADED, ModelBackend, ModelInputs, OnnxRuntimeBackend
 from reaseq.service.errors import ModelBackendUnavailable
 from reaseq.service.logs import log_throttled
 
@@ -92,7 +92,9 @@ class TritonModels:
             files["file:1/model.py"] = PYTHON_MODEL.read_bytes()
         return files
 
-    async def acquire(self, name: str, model_bytes: bytes, dim: int, side_inputs: bool) -> None:
+    async def acquire(
+        self, name: str, model_bytes: bytes, dim: int, side_inputs: bool, attention: bool
+    ) -> None:
         """Load `name` into Triton unless this service already holds it; count the holder."""
         async with self._lock:
             hosted = self._hosted.get(name)
@@ -106,6 +108,7 @@ class TritonModels:
                     instances=o.instances,
                     dim=dim,
                     side_inputs=side_inputs,
+                    attention=attention,
                     intra_op_threads=o.intra_op_threads,
                 )
                 hosted = _Hosted(model_bytes, to_json(config))
@@ -159,7 +162,13 @@ class TritonModels:
 
         hosted.reloading = asyncio.create_task(reload())
 
-    async def infer(self, name: str, inputs: dict[str, np.ndarray], timeout_s: float) -> np.ndarray:
+    async def infer(
+        self,
+        name: str,
+        inputs: dict[str, np.ndarray],
+        timeout_s: float,
+        outputs: tuple[str, ...] = (contract.SCORES,),
+    ) -> list[np.ndarray]:
         tensors = []
         for tensor_name, array in inputs.items():
             tensor = aioclient.InferInput(
@@ -167,10 +176,10 @@ class TritonModels:
             )
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
-        outputs = [aioclient.InferRequestedOutput(contract.SCORES)]
+        requested = [aioclient.InferRequestedOutput(o) for o in outputs]
         try:
             result = await self.client.infer(
-                name, tensors, outputs=outputs, client_timeout=timeout_s
+                name, tensors, outputs=requested, client_timeout=timeout_s
             )
         except InferenceServerException as err:
             if any(m in str(err).lower() for m in _MISSING_MODEL):
@@ -179,7 +188,7 @@ class TritonModels:
             raise ModelBackendUnavailable(
                 f"the Triton model backend at {self.options.url} failed: {_short(err)}; retry"
             ) from None
-        return result.as_numpy(contract.SCORES)
+        return [result.as_numpy(o) for o in outputs]
 
     async def close(self) -> None:
         if self._client is not None:
@@ -210,6 +219,7 @@ class TritonBackend(ModelBackend):
     ) -> None:
         self.models, self.model_bytes = models, model_bytes
         self.dim, self.side_inputs = checked.dim, checked.side_inputs
+        self.explains = checked.explains
         self.name = triton_model_name(model_bytes)
         self.fallback = checked if fallback else None  # the same model, in-process
         self._acquired = False
@@ -218,7 +228,9 @@ class TritonBackend(ModelBackend):
     async def _ensure_loaded(self) -> None:
         async with self._acquire_lock:
             if not self._acquired:
-                await self.models.acquire(self.name, self.model_bytes, self.dim, self.side_inputs)
+                await self.models.acquire(
+                    self.name, self.model_bytes, self.dim, self.side_inputs, self.explains
+                )
                 self._acquired = True
 
     async def score(
@@ -230,17 +242,30 @@ class TritonBackend(ModelBackend):
         generated: np.ndarray,
     ) -> np.ndarray:
         inputs = ModelInputs(candidates, behaviors, mask, gap_buckets, generated)
+        (scores,) = await self._call(inputs, (contract.SCORES,))
+        return scores
+
+    async def explain(self, *inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores, attention = await self._call(
+            ModelInputs(*inputs), (contract.SCORES, contract.ATTENTION)
+        )
+        return scores, attention
+
+    async def _call(self, inputs: ModelInputs, outputs: tuple[str, ...]) -> list[np.ndarray]:
         try:
             if not self._acquired:
                 await self._ensure_loaded()
             return await self.models.infer(
-                self.name, self._feeds(inputs), self.models.options.timeout_s
+                self.name, self._feeds(inputs), self.models.options.timeout_s, outputs
             )
         except ModelBackendUnavailable:
             if self.fallback is None:
                 raise
             metrics.TRITON_FALLBACK.inc()
-            return await self.fallback.score(*inputs)
+            DEGRADED.set(True)  # the response says a fallback answered
+            if len(outputs) == 1:
+                return [await self.fallback.score(*inputs)]
+            return list(await self.fallback.explain(*inputs))
 
     def _feeds(self, inputs: ModelInputs) -> dict[str, np.ndarray]:
         feeds = {
