@@ -29,7 +29,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from reaseq.cli_bench import bench_matrix
+from reaseq.cli_bench import bench_matrix, bench_model
 from reaseq.cli_gbr import gbr_app
 from reaseq.cli_makr import makr_app
 from reaseq.cli_triton import triton_app
@@ -45,6 +45,7 @@ app.add_typer(makr_app, name="makr")
 app.add_typer(gbr_app, name="gbr")
 app.add_typer(triton_app, name="triton")
 app.command("bench-matrix")(bench_matrix)
+app.command("bench-model")(bench_model)
 console = Console()
 err_console = Console(stderr=True)  # errors and "which store" lines: stdout stays parseable
 
@@ -114,9 +115,16 @@ def _clear_errors() -> Iterator[None]:
     import redis
 
     from reaseq.core.release import ReleaseCheckError
-    from reaseq.service.errors import CannotBind
+    from reaseq.service.errors import CannotBind, DeviceUnavailable
 
-    expected = (CliError, ReleaseCheckError, CannotBind, FileNotFoundError, ValueError)
+    expected = (
+        CliError,
+        ReleaseCheckError,
+        CannotBind,
+        DeviceUnavailable,
+        FileNotFoundError,
+        ValueError,
+    )
     try:
         yield
     except (*expected, redis.RedisError) as err:

@@ -131,3 +131,36 @@ def bench_matrix(
             soft_wrap=True,
         )
         raise typer.Exit(1)
+
+
+def bench_model(
+    release: Annotated[Path, typer.Option(help="release folder whose model.onnx to time")],
+    device: Annotated[str, typer.Option(help="cpu | cuda (needs onnxruntime-gpu)")] = "cpu",
+    requests_per_call: Annotated[
+        str, typer.Option(help="requests merged into one model call")
+    ] = "1,16,256",
+    candidates: Annotated[int, typer.Option(help="candidates per request")] = 200,
+    behaviors: Annotated[int, typer.Option(help="behaviors per request")] = 100,
+    seconds: Annotated[float, typer.Option(help="timed seconds per row")] = 2.0,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads")] = 1,
+) -> None:
+    """Model-only throughput (no transport, no features): candidates/s of the release's model in
+    the service's ONNX Runtime backend, per requests-per-call."""
+    from reaseq.bench.model import bench_model as run
+    from reaseq.service.errors import DeviceUnavailable
+
+    try:
+        rows = run(
+            release,
+            device,
+            _ints(requests_per_call, "--requests-per-call"),
+            candidates,
+            behaviors,
+            seconds,
+            threads,
+        )
+    except (DeviceUnavailable, FileNotFoundError) as err:
+        err_console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    for row in rows:
+        console.print(row.line(), markup=False)

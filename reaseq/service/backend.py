@@ -22,7 +22,11 @@ import onnxruntime as ort
 
 from reaseq.core import contract
 from reaseq.service import metrics
-from reaseq.service.errors import ModelBackendUnavailable
+from reaseq.service.errors import (
+    DeviceUnavailable,
+    ExplainUnavailable,
+    ModelBackendUnavailable,
+)
 from reaseq.service.logs import log_throttled
 
 log = logging.getLogger(__name__)
@@ -76,10 +80,26 @@ class ModelBackend(ABC):
 
     async def explain(self, *inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(scores [B, C], attention [B, C, L]) for `score`'s inputs; only if `explains`."""
-        raise NotImplementedError(f"{type(self).__name__} cannot explain")
+        raise ExplainUnavailable("this release's model has no attention output to explain with")
 
     async def close(self) -> None:
         """Free the model."""
+
+
+def execution_providers(device: str) -> list[str]:
+    """ONNX Runtime providers for `cpu` or `cuda`; cuda needs an onnxruntime build with CUDA
+    (the `onnxruntime-gpu` wheel), and says so instead of silently running on the CPU."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise DeviceUnavailable(
+                "model_device = cuda, but this onnxruntime has no CUDA provider "
+                f"(available: {', '.join(ort.get_available_providers())}); install "
+                "onnxruntime-gpu on a GPU host, or use model_device = cpu"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise DeviceUnavailable(f"model_device must be cpu or cuda, not {device!r}")
 
 
 class OnnxRuntimeBackend(ModelBackend):
@@ -87,15 +107,20 @@ class OnnxRuntimeBackend(ModelBackend):
     thread hop (~0.5 ms of CPU per call measured here), at the price of blocking the loop for
     one model call; worth it where the model is small and cores are few."""
 
-    def __init__(self, model_bytes: bytes, intra_op_threads: int = 1, inline: bool = False) -> None:
+    def __init__(
+        self,
+        model_bytes: bytes,
+        intra_op_threads: int = 1,
+        inline: bool = False,
+        device: str = "cpu",
+    ) -> None:
         self.inline = inline
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
+        providers = execution_providers(device)  # DeviceUnavailable: not the model's fault
         try:
-            self.session = ort.InferenceSession(
-                model_bytes, options, providers=["CPUExecutionProvider"]
-            )
+            self.session = ort.InferenceSession(model_bytes, options, providers=providers)
         except Exception as err:  # onnxruntime raises its own untyped errors
             log.warning("ONNX Runtime cannot load a release's model: %s", err)
             raise ModelBackendError("ONNX Runtime cannot load the model file") from err

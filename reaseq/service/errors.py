@@ -93,6 +93,10 @@ class RequestTooLarge(ReaseqError):
     kind = "request_too_large"
 
 
+class DeviceUnavailable(RuntimeError):
+    """The configured model device cannot run here: a start-up error, not a release's fault."""
+
+
 class CannotBind(OSError):
     """A transport could not bind its address at start-up; the message is the whole story."""
 

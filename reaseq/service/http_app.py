@@ -166,7 +166,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 router = APIRouter()
 
 
-@router.post(RANK_PATH, response_model=RankResponseBody, responses=ERROR_RESPONSES)
+@router.post(
+    RANK_PATH,
+    response_model=RankResponseBody,
+    response_model_exclude_none=True,  # no `explanations` key unless asked for
+    responses=ERROR_RESPONSES,
+)
 async def rank(body: RankRequestBody, ranker: RankerDep) -> RankResponseBody:
     """Score the candidates for one user, in request order."""
     start = perf_counter()

@@ -32,6 +32,7 @@ from reaseq.service.backend import (
     ModelBackendError,
     ModelInputs,
     OnnxRuntimeBackend,
+    execution_providers,
 )
 from reaseq.service.errors import (
     DeadlineExceeded,
@@ -139,7 +140,9 @@ class Ranker:
 
     @classmethod
     async def open(cls, settings: ServiceSettings, follow: bool = True) -> Ranker:
-        """Build from settings, load the active release if there is one, start following it."""
+        """Build from settings, load the active release if there is one, start following it.
+        A device that cannot run here (`model_device = cuda` without CUDA) fails right here."""
+        execution_providers(settings.model_device)
         if settings.store == "redis":
             password = (
                 settings.redis_password.get_secret_value() if settings.redis_password else None
@@ -269,7 +272,10 @@ class Ranker:
         """Called in a worker thread with verified model bytes; ONNX Runtime checks the model
         against the contract whichever backend then hosts it."""
         onnx = OnnxRuntimeBackend(
-            model_bytes, self.settings.onnx_intra_op_threads, inline=self.settings.model_inline
+            model_bytes,
+            self.settings.onnx_intra_op_threads,
+            inline=self.settings.model_inline,
+            device=self.settings.model_device,
         )
         if self._triton is not None:
             fallback = self.settings.triton_fallback == "local"

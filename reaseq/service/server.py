@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 
-from reaseq.service.errors import CannotBind, PortInUse
+from reaseq.service.errors import CannotBind, DeviceUnavailable, PortInUse
 from reaseq.service.grpc_server import build_grpc_server
 from reaseq.service.http_app import create_app
 from reaseq.service.ranking import Ranker
@@ -142,7 +142,7 @@ def main() -> None:
     )
     try:
         asyncio.run(serve(ServiceSettings()))
-    except CannotBind as err:  # an operator's problem with one clear cause: one line, exit 2
+    except (CannotBind, DeviceUnavailable) as err:  # an operator's problem: one line, exit 2
         log.error("%s", err)
         sys.exit(2)
 

@@ -51,6 +51,8 @@ class ServiceSettings(BaseSettings):
     batch_workers: int = Field(2, ge=1)  # model calls in flight at once
     # run ONNX Runtime on the event loop's thread instead of a worker thread (see README, CPU path)
     model_inline: bool = True
+    # where the local backend runs the model: cuda needs onnxruntime-gpu (checked at start-up)
+    model_device: Literal["cpu", "cuda"] = "cpu"
 
     # backend = "triton": a Triton sidecar the service loads each release's model into
     triton_url: str = "127.0.0.1:8001"  # gRPC
