@@ -32,7 +32,13 @@ from reaseq.core import contract
 from reaseq.core.release import sha256_bytes
 from reaseq.core.triton_config import MODEL_NAME, RuntimeKind, model_config, to_json
 from reaseq.service import metrics
-from reaseq.service.backend import DEGRADED, ModelBackend, ModelInputs, OnnxRuntimeBackend
+from reaseq.service.backend import (
+    DEGRADED,
+    ModelBackend,
+    ModelInputs,
+    OnnxRuntimeBackend,
+    model_feeds,
+)
 from reaseq.service.errors import ModelBackendUnavailable
 from reaseq.service.logs import log_throttled
 
@@ -256,7 +262,10 @@ class TritonBackend(ModelBackend):
             if not self._acquired:
                 await self._ensure_loaded()
             return await self.models.infer(
-                self.name, self._feeds(inputs), self.models.options.timeout_s, outputs
+                self.name,
+                model_feeds(inputs, self.side_inputs),
+                self.models.options.timeout_s,
+                outputs,
             )
         except ModelBackendUnavailable:
             if self.fallback is None:
@@ -266,21 +275,6 @@ class TritonBackend(ModelBackend):
             if len(outputs) == 1:
                 return [await self.fallback.score(*inputs)]
             return list(await self.fallback.explain(*inputs))
-
-    def _feeds(self, inputs: ModelInputs) -> dict[str, np.ndarray]:
-        feeds = {
-            contract.CANDIDATES: np.ascontiguousarray(inputs.candidates, dtype=np.float32),
-            contract.BEHAVIORS: np.ascontiguousarray(inputs.behaviors, dtype=np.float32),
-            contract.BEHAVIOR_MASK: np.ascontiguousarray(inputs.mask, dtype=np.float32),
-        }
-        if self.side_inputs:
-            feeds[contract.BEHAVIOR_GAP_BUCKETS] = np.ascontiguousarray(
-                inputs.gap_buckets, dtype=np.int64
-            )
-            feeds[contract.BEHAVIOR_GENERATED] = np.ascontiguousarray(
-                inputs.generated, dtype=np.float32
-            )
-        return feeds
 
     async def close(self) -> None:
         if self._acquired:
