@@ -99,6 +99,7 @@ def triton_options(settings: ServiceSettings) -> TritonOptions:
         max_batch_size=settings.triton_max_batch_size,
         queue_delay_us=settings.triton_queue_delay_us,
         instances=settings.triton_instances,
+        gpu=settings.triton_device == "gpu",
         intra_op_threads=settings.onnx_intra_op_threads,
     )
 

@@ -62,6 +62,7 @@ class ServiceSettings(BaseSettings):
     triton_max_batch_size: int = Field(64, ge=1)  # Triton's dynamic batcher
     triton_queue_delay_us: int = Field(200, ge=0)
     triton_instances: int = Field(1, ge=1)
+    triton_device: Literal["cpu", "gpu"] = "cpu"  # instance group kind of the pushed models
     triton_fallback: Literal["none", "local"] = "none"  # local: score in-process if Triton fails
 
     # transports

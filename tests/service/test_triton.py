@@ -341,3 +341,20 @@ def test_the_release_model_file_is_what_triton_is_given(triton, pipeline_run) ->
     model_bytes = (pipeline_run.release_dir / MODEL_FILE).read_bytes()
     name = triton_model_name(model_bytes)
     assert name.startswith("reaseq_ranker-") and len(name) == len("reaseq_ranker-") + 16
+
+
+def test_triton_device_gpu_pushes_gpu_instance_groups() -> None:
+    """`triton_device = gpu` (the GPU overlay) asks Triton for KIND_GPU instances; the default
+    stays on CPU, where the pip tritonserver runs."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from reaseq.core.triton_config import model_config
+    from reaseq.service.ranking import triton_options
+
+    for device, kind in (
+        ("gpu", mc.ModelInstanceGroup.KIND_GPU),
+        ("cpu", mc.ModelInstanceGroup.KIND_CPU),
+    ):
+        options = triton_options(ServiceSettings(backend="triton", triton_device=device))
+        config = model_config(options.runtime, gpu=options.gpu, dim=8)
+        assert [g.kind for g in config.instance_group] == [kind]

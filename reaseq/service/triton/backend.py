@@ -64,6 +64,7 @@ class TritonOptions:
     max_batch_size: int = 64
     queue_delay_us: int = 200
     instances: int = 1
+    gpu: bool = False  # instance group KIND_GPU (Triton on a GPU node) instead of KIND_CPU
     intra_op_threads: int = 1  # python runtime: ONNX Runtime threads per instance
 
 
@@ -112,6 +113,7 @@ class TritonModels:
                     max_batch_size=o.max_batch_size,
                     queue_delay_us=o.queue_delay_us,
                     instances=o.instances,
+                    gpu=o.gpu,
                     dim=dim,
                     side_inputs=side_inputs,
                     attention=attention,
