@@ -19,7 +19,6 @@ import asyncio
 import datetime as dt
 import os
 import platform
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from typing import Any, Literal
 
 from reaseq.bench.client import CALL_TIMEOUT_S, bench
 from reaseq.bench.procs import ServerProcess, python_module, running
-from reaseq.core.release import MANIFEST_FILE, Snapshot, read_manifest
+from reaseq.core.release import MANIFEST_FILE, Snapshot, code_version, read_manifest
 
 BACKENDS = ("local", "triton")
 TRANSPORTS = ("grpc", "http")
@@ -319,20 +318,6 @@ def _ratio(value: float, reference: float | None) -> float | None:
     return value / reference if reference else None
 
 
-def _code_version() -> str:
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        )
-        return done.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _meta(cfg: MatrixConfig, started: dt.datetime, seconds: float) -> dict[str, Any]:
     manifest = read_manifest(cfg.release)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
@@ -350,7 +335,7 @@ def _meta(cfg: MatrixConfig, started: dt.datetime, seconds: float) -> dict[str, 
         "cpus": len(os.sched_getaffinity(0)),  # what this process may use
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}",
         "python": platform.python_version(),
-        "code_version": _code_version(),
+        "code_version": code_version(),
         "config": config,
     }
 

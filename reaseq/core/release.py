@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,21 @@ class ReleaseManifest(BaseModel):
     features: str
     metrics: dict[str, float] = Field(default_factory=dict)
     ranker_config: dict = Field(default_factory=dict)
+
+
+def code_version() -> str:
+    """The checkout's short commit, recorded in manifests and reports ("unknown" outside git)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import subprocess
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from reaseq.core.release import (
     USER_IDS,
     USER_OFFSETS,
     ReleaseManifest,
+    code_version,
     combine_hashes,
     sha256_bytes,
     sha256_file,
@@ -46,20 +46,6 @@ from reaseq.offline.prepare import Prepared
 from reaseq.offline.train import Histories, PlainHistories
 
 OPSET = 17
-
-
-def code_version() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _inputs(scorer: ScoringNet) -> tuple[str, ...]:
