@@ -195,6 +195,7 @@ def test_unknown_model_is_a_clear_error(tmp_path):
         make_backend(LLMConfig(model=str(tmp_path / "missing.gguf")))
 
 
+@pytest.mark.timeout(900)  # a real LLM on 2 shared cores: over 300 s under load (seen in CI)
 def test_makr_and_hybrid_representations_from_partial_knowledge(catalog, tmp_path):
     """Three items with knowledge, the rest fall back to raw text (and are counted)."""
     from reaseq.offline.makr.encode import cointeraction_pairs, representation_report
