@@ -48,12 +48,30 @@ def _have_triton() -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+def require_triton() -> None:
+    """Skip without a tritonserver, unless REASEQ_REQUIRE_TRITON says it must be there (CI)."""
     if not _have_triton():
         if os.environ.get("REASEQ_REQUIRE_TRITON"):
             pytest.fail("REASEQ_REQUIRE_TRITON is set but tritonserver is not installed")
         pytest.skip("tritonserver not installed (`make setup` installs nvidia-pytriton)")
+
+
+def settings_for(server: TritonServer, releases_dir: Path, **overrides) -> ServiceSettings:
+    """The service on the embedded store, scoring through `server` (pip Triton: Python backend)."""
+    fields = {
+        "store": "embedded",
+        "releases_dir": releases_dir,
+        "backend": "triton",
+        "triton_url": server.grpc_url,
+        "triton_runtime": "python",
+        "triton_timeout_s": 0.5,
+    }
+    return ServiceSettings(**(fields | overrides))
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    require_triton()
     server = TritonServer(tmp_path_factory.mktemp("triton-repo")).start()
     yield server
     server.stop()
@@ -110,15 +128,7 @@ async def test_triton_dynamic_batching_merges_concurrent_requests(triton) -> Non
 
 @pytest.fixture
 def triton_settings(triton, releases_dir: Path) -> ServiceSettings:
-    return ServiceSettings(
-        store="embedded",
-        releases_dir=releases_dir,
-        release_poll_interval_s=0.1,
-        backend="triton",
-        triton_url=triton.grpc_url,
-        triton_runtime="python",
-        triton_timeout_s=0.5,
-    )
+    return settings_for(triton, releases_dir, release_poll_interval_s=0.1)
 
 
 async def test_service_on_triton_answers_as_in_process(
@@ -205,17 +215,9 @@ async def _rank_until(ranker: Ranker, query: RankQuery, seconds: float) -> list:
 async def test_triton_killed_under_load_fails_fast_and_recovers_without_restart(
     tmp_path: Path, releases_dir: Path, release_ids
 ) -> None:
-    if not _have_triton():
-        pytest.skip("tritonserver not installed")
+    require_triton()
     server = TritonServer(tmp_path / "repo").start()
-    settings = ServiceSettings(
-        store="embedded",
-        releases_dir=releases_dir,
-        backend="triton",
-        triton_url=server.grpc_url,
-        triton_runtime="python",
-        triton_timeout_s=0.5,
-    )
+    settings = settings_for(server, releases_dir)
     ranker = await Ranker.open(settings, follow=False)
     user, items = release_ids
     query = RankQuery(user, items)
@@ -259,18 +261,9 @@ async def test_triton_killed_under_load_fails_fast_and_recovers_without_restart(
 async def test_triton_outage_with_local_fallback_keeps_answering(
     tmp_path: Path, releases_dir: Path, release_ids
 ) -> None:
-    if not _have_triton():
-        pytest.skip("tritonserver not installed")
+    require_triton()
     server = TritonServer(tmp_path / "repo").start()
-    settings = ServiceSettings(
-        store="embedded",
-        releases_dir=releases_dir,
-        backend="triton",
-        triton_url=server.grpc_url,
-        triton_runtime="python",
-        triton_timeout_s=0.5,
-        triton_fallback="local",
-    )
+    settings = settings_for(server, releases_dir, triton_fallback="local")
     ranker = await Ranker.open(settings, follow=False)
     user, items = release_ids
     query = RankQuery(user, items)
@@ -292,20 +285,12 @@ async def test_grpc_caller_gets_unavailable_within_its_deadline_when_triton_is_d
 ) -> None:
     """Triton down from the start: the service is not ready (nothing refused for good), gRPC
     callers get UNAVAILABLE fast; once Triton is up the service follows without a restart."""
-    if not _have_triton():
-        pytest.skip("tritonserver not installed")
+    require_triton()
     from reaseq.service.grpc_server import build_grpc_server
 
     server = TritonServer(tmp_path / "repo")  # ports chosen, not started yet
-    settings = ServiceSettings(
-        store="embedded",
-        releases_dir=releases_dir,
-        release_poll_interval_s=0.2,
-        backend="triton",
-        triton_url=server.grpc_url,
-        triton_runtime="python",
-        triton_timeout_s=0.5,
-        triton_load_timeout_s=2.0,
+    settings = settings_for(
+        server, releases_dir, release_poll_interval_s=0.2, triton_load_timeout_s=2.0
     )
     ranker = await Ranker.open(settings)
     assert not ranker.is_ready()
