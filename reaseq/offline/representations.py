@@ -9,6 +9,7 @@ Feature sets name it: `id+<kind>` trains the ranker on `[ID embedding ‖ repres
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,8 @@ def _makr(kind: str) -> Builder:
 
         # out_dir = <work>/reps/<kind>: the knowledge lives under <work>/makr/<model>
         records = ensure_knowledge(data, out_dir.parent.parent, makr)
-        return encode(kind, data, records, out_dir, cfg).reps
+        encoding = replace(makr.encode, dim=cfg.dim) if makr else None
+        return encode(kind, data, records, out_dir, cfg, encoding).reps
 
     return build
 

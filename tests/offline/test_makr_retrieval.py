@@ -93,3 +93,38 @@ def test_relation_check_scores_partner_categories_against_baselines():
     quality = validity([record], 3)
     assert quality["schema_valid_rate"] == 1.0 and quality["tokens_per_s_median"] == 25.0
     assert _words("Ballpoint Pens & Ink") == {"ballpoint", "pen", "ink"}
+
+
+def test_knowledge_input_names_what_the_encoder_embeds(tmp_path):
+    import pytest
+
+    from reaseq.offline import synthetic
+    from reaseq.offline.datasets import load_dataset
+    from reaseq.offline.makr.encode import knowledge_texts
+    from reaseq.offline.prepare import PrepareConfig, prepare
+
+    data = prepare(load_dataset(synthetic.generate(tmp_path), name="s"), PrepareConfig())
+    first, second = data.items.iloc[0], data.items.iloc[1]
+    card = {
+        "reasoning": "A stapler for the desk.",
+        "kind": "desktop stapler",
+        "brand": "unknown",
+        "purpose": "fastening paper",
+        "audience": "office workers",
+        "attributes": {},
+        "summary": "A desktop stapler.",
+    }
+    relations = {"complements": ["staples"], "substitutes": ["paper clips"]}
+    records = {str(first.item_id): {"card": card, "relations": relations}}
+    texts = {
+        name: knowledge_texts(data, records, name)
+        for name in ("card", "card+relations", "card+relations+text")
+    }
+    assert all(missing == len(data.items) - 1 for _, missing in texts.values())
+    only_card, with_relations, with_text = (texts[n][0][0] for n in texts)
+    assert only_card.startswith("desktop stapler.") and "staples" not in only_card
+    assert with_relations == f"{only_card} Bought with: staples. Instead of: paper clips."
+    assert with_text == f"{with_relations} {first.text}"
+    assert texts["card"][0][1] == str(second.text)  # no card: the raw text, whatever the input
+    with pytest.raises(ValueError, match="knowledge_input"):
+        knowledge_texts(data, records, "card+text")

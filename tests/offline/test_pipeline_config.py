@@ -31,3 +31,13 @@ def test_feature_sets_name_registered_representations() -> None:
     assert representation_kind("id+hybrid") == "hybrid"
     with pytest.raises(ValueError, match="known: id, id\\+text, id\\+makr, id\\+hybrid"):
         representation_kind("id+nope")
+
+
+def test_makr_knowledge_input_is_a_config_key_checked_at_load(tmp_path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text("[makr.encode]\nknowledge_input = 'card+relations+text'\n")
+    assert load_pipeline_config(good).makr.encode.knowledge_input == "card+relations+text"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[makr.encode]\nknowledge_input = 'relations'\n")
+    with pytest.raises(ValueError, match="unknown knowledge_input 'relations'"):
+        load_pipeline_config(bad)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reaseq.offline.makr.encode_config import EncodeConfig
 from reaseq.offline.prepare import Prepared
 from reaseq.offline.text_reps import (
     EMBEDDINGS_DIR,
@@ -31,20 +32,6 @@ from reaseq.offline.text_reps import (
     TextRepConfig,
     cached_embeddings,
 )
-
-
-@dataclass
-class EncodeConfig:
-    dim: int = 64
-    hidden: int = 256
-    window: int = 3  # co-interaction window, in positions of the train-period log
-    epochs: int = 20
-    batch_size: int = 1024
-    lr: float = 2e-3
-    temperature: float = 0.1
-    instance_weight: float = 1.0  # hybrid only
-    view_keep: float = 0.5  # hybrid instance view: share of words kept
-    seed: int = 0
 
 
 def cointeraction_pairs(data: Prepared, window: int) -> np.ndarray:
@@ -132,18 +119,28 @@ def drop_words(texts: list[str], keep: float, seed: int) -> list[str]:
     return out
 
 
-def knowledge_texts(data: Prepared, records: dict[str, dict]) -> tuple[list[str], int]:
-    """Per item row: the card's knowledge text, or the raw text when there is no card."""
-    from reaseq.offline.makr.schemas import ItemCard
+def knowledge_texts(
+    data: Prepared, records: dict[str, dict], knowledge_input: str = "card"
+) -> tuple[list[str], int]:
+    """Per item row: the knowledge text `knowledge_input` names, or the raw text when there is
+    no card. The card comes first so MiniLM's 128-token window always holds it."""
+    from reaseq.offline.makr.schemas import ItemCard, Relations
 
+    EncodeConfig(knowledge_input=knowledge_input)  # checks the name
     texts, missing = [], 0
     for row in data.items.itertuples():
         record = records.get(str(row.item_id))
-        if record and record.get("card"):
-            texts.append(ItemCard.model_validate(record["card"]).knowledge_text())
-        else:
+        raw = str(row.text or row.title or "")
+        if not (record and record.get("card")):
             missing += 1
-            texts.append(str(row.text or row.title or ""))
+            texts.append(raw)
+            continue
+        parts = [ItemCard.model_validate(record["card"]).knowledge_text()]
+        if knowledge_input != "card" and record.get("relations"):
+            parts.append(Relations.model_validate(record["relations"]).knowledge_text())
+        if knowledge_input.endswith("+text"):
+            parts.append(raw)
+        texts.append(" ".join(p for p in parts if p))
     return texts, missing
 
 
@@ -167,7 +164,7 @@ def encode(
         raise ValueError(f"unknown MAKR representation {kind!r}; known: makr, hybrid")
     cfg = cfg or EncodeConfig(dim=text_cfg.dim)
     out_dir.mkdir(parents=True, exist_ok=True)
-    texts, missing = knowledge_texts(data, records)
+    texts, missing = knowledge_texts(data, records, cfg.knowledge_input)
     cache = out_dir.parent / EMBEDDINGS_DIR  # shared with the other kinds
     know = cached_embeddings(texts, cache, text_cfg)
     pairs = cointeraction_pairs(data, cfg.window)

@@ -31,6 +31,7 @@ from reaseq.offline.makr.agents import (
     item_prompt_text,
     prompt_version,
 )
+from reaseq.offline.makr.encode_config import EncodeConfig
 from reaseq.offline.makr.llm import (
     LLMBackend,
     LLMConfig,
@@ -60,6 +61,7 @@ class MakrConfig:
     # False: use what the cache and the shipped file hold and generate nothing; items without a
     # record are encoded from their raw text (counted in the encode summary)
     generate: bool = True
+    encode: EncodeConfig = field(default_factory=EncodeConfig)  # knowledge -> representation
 
 
 def _key(*parts: object) -> str:

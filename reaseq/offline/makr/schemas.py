@@ -99,6 +99,15 @@ class Relations(BaseModel):
     complements: list[Short] = Field(max_length=3)
     substitutes: list[Short] = Field(max_length=3)
 
+    def knowledge_text(self) -> str:
+        """What the encoder adds for relations: the kinds bought with and instead of the item."""
+        parts = []
+        if self.complements:
+            parts.append(f"Bought with: {', '.join(self.complements)}.")
+        if self.substitutes:
+            parts.append(f"Instead of: {', '.join(self.substitutes)}.")
+        return " ".join(parts)
+
 
 Status = Literal["ok", "repaired", "flagged", "failed"]
 
