@@ -360,3 +360,21 @@ def test_pipeline_cli_reports_corrupt_shipped_knowledge_in_one_line(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     assert "synthetic.jsonl.gz: not a readable .jsonl.gz" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_items_with_one_text_share_one_generation_and_each_get_the_record(catalog, tmp_path):
+    from reaseq.offline.makr.agents import Agents
+    from tests.offline.test_makr_agents import GOOD, Scripted
+
+    _, items = catalog
+    items = items.copy()
+    for column in ("title", "text", "category"):
+        items.loc[1, column] = items.loc[0, column]
+    job = MakrRun(items, tmp_path, MakrConfig(llm=SMALL, limit=3))
+    job._agents = Agents(Scripted(GOOD))
+    report = job.run()
+    assert report.generated == 2 and report.without_record == 0
+    by_item = {r["item_id"]: r for r in _knowledge(tmp_path)}
+    first, second = (str(items.loc[i, "item_id"]) for i in (0, 1))
+    assert {first, second} <= by_item.keys()
+    assert by_item[first]["card"] == by_item[second]["card"]

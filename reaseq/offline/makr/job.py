@@ -311,21 +311,26 @@ class MakrRun:
         t0 = time.perf_counter()
         plans = self.plans()
         tasks = self.tasks(plans)
-        todo = [t for t in tasks if self.cache.get("items", t.key) is None]
-        from_cache = len(tasks) - len(todo)
-        if not self.cfg.generate:
-            todo = []
+        missing = [t for t in tasks if self.cache.get("items", t.key) is None]
+        from_cache = len(tasks) - len(missing)
+        # items with the same text share a key: generate it once, give every one the record
+        todo = list({t.key: t for t in missing}.values()) if self.cfg.generate else []
+        total = from_cache + len(todo)
         if progress:
-            progress(from_cache, len(tasks))
+            progress(from_cache, total)
         gen_t0 = time.perf_counter()
         generated: list[dict] = []
         for record in self._generate(todo, plans):
             self.cache.put("items", record["key"], record)
             generated.append(record)
             if progress:
-                progress(from_cache + len(generated), len(tasks))
+                progress(from_cache + len(generated), total)
         gen_seconds = time.perf_counter() - gen_t0
-        records = [r for t in tasks if (r := self.cache.get("items", t.key)) is not None]
+        records = [
+            r | {"item_id": t.item_id}
+            for t in tasks
+            if (r := self.cache.get("items", t.key)) is not None
+        ]
         self._write_knowledge(records)
         report = self._report(records, generated, plans, from_cache, gen_seconds, t0)
         if generated:  # a read-only pass must not overwrite the generating run's figures
