@@ -276,6 +276,7 @@ def export_cmd(
 ) -> None:
     """Export a trained ranker as a new release folder (ONNX + feature snapshot), parity-checked."""
     from reaseq.offline.export import export_release
+    from reaseq.offline.makr.job import knowledge_summaries
     from reaseq.offline.pipeline import load_prepared, saved_histories
     from reaseq.offline.train import CHECKPOINT_FILE, load_checkpoint
 
@@ -286,7 +287,10 @@ def export_cmd(
         histories = saved_histories(work, features, log=err_console.print)
     test = ckpt["metrics"]["test"]
     metrics = {f"test_{k}": v for k, v in test.items() if k != "n"}
-    folder = export_release(model, data, work / "exports", features, metrics, histories=histories)
+    knowledge = knowledge_summaries(work)
+    folder = export_release(
+        model, data, work / "exports", features, metrics, histories=histories, knowledge=knowledge
+    )
     parity = json.loads((folder / "manifest.json").read_text())["metrics"]
     console.print(f"exported {folder} (ONNX parity {parity['onnx_parity_max_abs_diff']:.1e})")
 

@@ -193,6 +193,30 @@ def second_release(pipeline_run, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return export_release(model, data, out, "id+text", {}, release="second-release")
 
 
+@pytest.fixture(scope="session")
+def knowledge_release(pipeline_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pipeline's model exported again with MAKR knowledge for the first ten items: plain,
+    non-ASCII, over-long and lone-surrogate texts (what an LLM can write)."""
+    from reaseq.offline.export import export_release
+    from reaseq.offline.pipeline import load_prepared
+    from reaseq.offline.train import CHECKPOINT_FILE, load_checkpoint
+
+    model, _ = load_checkpoint(pipeline_run.work_dir / "models" / "id+text" / CHECKPOINT_FILE)
+    data = load_prepared(pipeline_run.work_dir)
+    ids = [str(i) for i in data.items["item_id"][:10]]
+    knowledge = {
+        item_id: f"stapler {n}. Brand: Acme. For: fastening paper." for n, item_id in enumerate(ids)
+    }
+    knowledge[ids[1]] = "Füller für Büro, 万年筆 🖋"
+    knowledge[ids[2]] = "word " * 200  # cut to MAX_KNOWLEDGE_CHARS at a word
+    knowledge[ids[3]] = "broken \ud800 text"  # a lone surrogate: replaced, never published
+    knowledge[ids[4]] = "   "  # blank: no knowledge
+    out = tmp_path_factory.mktemp("exports-knowledge")
+    return export_release(
+        model, data, out, "id+text", {}, release="knowledge-release", knowledge=knowledge
+    )
+
+
 @pytest.fixture
 def model_feeds(monkeypatch):  # -> list[dict[str, np.ndarray]]
     """Every feed dict ONNX Runtime is given, as it is given (after batching and padding)."""

@@ -52,5 +52,9 @@ class KeySchema:
     def item(self, release: str, item_id: str) -> str:
         return f"{self.namespace}:{release}:item:{item_id}"
 
+    def knowledge(self, release: str, item_id: str) -> str:
+        """MAKR knowledge text of an item (explanations); only in releases that carry it."""
+        return f"{self.namespace}:{release}:knowledge:{item_id}"
+
     def user(self, release: str, user_id: str) -> str:
         return f"{self.namespace}:{release}:user:{user_id}"

@@ -1,7 +1,8 @@
 """A release's feature values, checked down to the last one: canonical names, digest, sanity.
 
 Hashing the snapshot files proves the files are intact; it says nothing about what a store holds.
-So every value of a release has a canonical name (`default-item`, `item:<id>`, `user:<id>`, the
+So every value of a release has a canonical name (`default-item`, `item:<id>`, `user:<id>`,
+`knowledge:<id>` where the release carries MAKR knowledge, the
 Redis key without its `<ns>:<release>:` prefix), and `ValueVerifier` is fed the values in
 canonical order (names sorted as UTF-8 bytes) from wherever they live — the snapshot at publish
 time, Redis or the snapshot at load time — and checks each value's length, header (in the
@@ -25,18 +26,28 @@ from reaseq.core.codec import (
     encode_behaviors,
     encode_vector,
 )
-from reaseq.core.release import ReleaseCheckError, ReleaseManifest, Snapshot
+from reaseq.core.release import (
+    MAX_KNOWLEDGE_CHARS,
+    ReleaseCheckError,
+    ReleaseManifest,
+    Snapshot,
+)
 
 DEFAULT_ITEM = b"default-item"
 ITEM_PREFIX = b"item:"
+KNOWLEDGE_PREFIX = b"knowledge:"  # UTF-8 text, only for items the release has knowledge of
 USER_PREFIX = b"user:"
-VALUE_PREFIXES = (ITEM_PREFIX, USER_PREFIX)
+VALUE_PREFIXES = (ITEM_PREFIX, KNOWLEDGE_PREFIX, USER_PREFIX)
 _LENGTH = struct.Struct("<Q")
 T = TypeVar("T")
 
 
 def item_name(item_id: str) -> bytes:
     return ITEM_PREFIX + item_id.encode()
+
+
+def knowledge_name(item_id: str) -> bytes:
+    return KNOWLEDGE_PREFIX + item_id.encode()
 
 
 def user_name(user_id: str) -> bytes:
@@ -55,10 +66,22 @@ def snapshot_values(snapshot: Snapshot) -> Iterator[tuple[bytes, bytes]]:
     entries += [(item_name(i), row) for row, i in enumerate(snapshot.item_ids.tolist())]
     n_items = len(snapshot.item_ids)
     entries += [(user_name(u), n_items + row) for row, u in enumerate(snapshot.user_ids.tolist())]
+    first_knowledge = n_items + len(snapshot.user_ids)  # indexes past the users: knowledge rows
+    knowledge: list[str] = []
+    if snapshot.item_knowledge is not None:
+        knowledge = snapshot.item_knowledge.tolist()
+        item_ids = snapshot.item_ids.tolist()
+        entries += [
+            (knowledge_name(i), first_knowledge + row)
+            for row, (i, text) in enumerate(zip(item_ids, knowledge, strict=True))
+            if text
+        ]
     entries.sort()
     for name, index in entries:
         if index < 0:
             yield name, encode_vector(snapshot.default_item_vector)
+        elif index >= first_knowledge:
+            yield name, knowledge[index - first_knowledge].encode()
         elif index < n_items:
             yield name, encode_vector(snapshot.item_vectors[index])
         else:
@@ -94,7 +117,7 @@ class ValueVerifier:
         self.dim = manifest.vector_dim
         self._digest = hashlib.sha256()
         self._last: bytes | None = None
-        self.counts = {"default": 0, "items": 0, "users": 0, "behaviors": 0}
+        self.counts = {"default": 0, "items": 0, "users": 0, "behaviors": 0, "knowledge": 0}
 
     def _fail(self, what: str) -> ReleaseCheckError:
         return ReleaseCheckError(f"release {self.manifest.release}: {what}")
@@ -119,6 +142,8 @@ class ValueVerifier:
                 self.counts["default" if name == DEFAULT_ITEM else "items"] += 1
             elif name.startswith(USER_PREFIX):
                 self._check_user(shown, value)
+            elif name.startswith(KNOWLEDGE_PREFIX):
+                self._check_knowledge(shown, value)
             else:
                 raise self._fail(f"unexpected value {shown}")
         if vectors:
@@ -142,11 +167,20 @@ class ValueVerifier:
         self.counts["users"] += 1
         self.counts["behaviors"] += len(behaviors)
 
+    def _check_knowledge(self, shown: str, value: bytes) -> None:
+        try:
+            text = value.decode()
+        except UnicodeDecodeError:
+            raise self._fail(f"value {shown} is not UTF-8 text") from None
+        if not text or len(text) > MAX_KNOWLEDGE_CHARS:
+            raise self._fail(f"value {shown} is empty or longer than {MAX_KNOWLEDGE_CHARS} chars")
+        self.counts["knowledge"] += 1
+
     def finish(self) -> str:
         """Raise on the first problem; return the digest (what `publish` records)."""
         m, c = self.manifest, self.counts
         expected = {"default": 1, "items": m.n_items, "users": m.n_users}
-        expected["behaviors"] = m.n_behaviors
+        expected |= {"behaviors": m.n_behaviors, "knowledge": m.n_knowledge}
         for kind, n in expected.items():
             if c[kind] != n:
                 raise self._fail(f"{c[kind]} {kind} values, manifest says {n}")

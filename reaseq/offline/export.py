@@ -26,8 +26,10 @@ from reaseq.core.codec import VECTOR_DTYPE
 from reaseq.core.release import (
     DEFAULT_ITEM_VECTOR,
     ITEM_IDS,
+    ITEM_KNOWLEDGE,
     ITEM_VECTORS,
     MANIFEST_FILE,
+    MAX_KNOWLEDGE_CHARS,
     MODEL_FILE,
     USER_BEHAVIORS,
     USER_GAP_BUCKETS,
@@ -185,6 +187,18 @@ def user_value_sizes(offsets: np.ndarray, dim: int, value_format: int) -> dict[s
     }
 
 
+def knowledge_texts(item_ids: np.ndarray, knowledge: dict[str, str]) -> np.ndarray | None:
+    """Per item its knowledge text, valid UTF-8 and cut at a word to MAX_KNOWLEDGE_CHARS; None
+    when no item has any (the release then carries no knowledge file)."""
+    texts = []
+    for item_id in item_ids.tolist():
+        text = knowledge.get(item_id, "").encode("utf-8", "replace").decode().strip()
+        if len(text) > MAX_KNOWLEDGE_CHARS:
+            text = text[: MAX_KNOWLEDGE_CHARS - 1].rsplit(" ", 1)[0] + "…"
+        texts.append(text)
+    return np.array(texts, dtype=str) if any(texts) else None
+
+
 def export_release(
     model: Ranker,
     data: Prepared,
@@ -194,9 +208,11 @@ def export_release(
     release: str | None = None,
     parity_tolerance: float = 1e-4,
     histories: Histories | None = None,
+    knowledge: dict[str, str] | None = None,
 ) -> Path:
     """Write a complete release folder under out_root; returns its path. `histories` are what
-    the model was trained on (GBR-filled ones publish the generated behaviors too)."""
+    the model was trained on (GBR-filled ones publish the generated behaviors too); `knowledge`
+    (item id -> MAKR knowledge text) is published for explanations."""
     cfg = model.cfg
     dim = cfg.item_dim
     onnx_bytes = export_onnx(model.scorer, dim)
@@ -226,10 +242,13 @@ def export_release(
     }
     if value_format == 2:
         arrays |= {USER_GAP_BUCKETS: served.gap_buckets, USER_GENERATED: served.generated}
+    texts = knowledge_texts(arrays[ITEM_IDS], knowledge or {})
+    if texts is not None:
+        arrays[ITEM_KNOWLEDGE] = texts
     for name, array in arrays.items():
         np.save(folder / name, array, allow_pickle=False)
     names = snapshot_files(value_format)
-    files = {MODEL_FILE: model_sha} | {name: sha256_file(folder / name) for name in names}
+    files = {MODEL_FILE: model_sha} | {name: sha256_file(folder / name) for name in arrays}
     snapshot_sha = combine_hashes([files[name] for name in names])
     manifest = ReleaseManifest(
         release=release,
@@ -242,6 +261,7 @@ def export_release(
         n_items=len(item_vectors),
         n_users=len(data.user_ids),
         n_behaviors=len(served.vectors),
+        n_knowledge=0 if texts is None else int(np.count_nonzero(texts)),
         model_sha256=model_sha,
         snapshot_sha256=snapshot_sha,
         files=files,

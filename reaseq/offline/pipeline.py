@@ -22,7 +22,7 @@ from reaseq.offline.calibration import plot_reliability
 from reaseq.offline.datasets import load_dataset
 from reaseq.offline.export import export_release
 from reaseq.offline.gbr.job import GBRJobConfig, GBRRun, run_gbr
-from reaseq.offline.makr.job import MakrConfig
+from reaseq.offline.makr.job import MakrConfig, knowledge_summaries
 from reaseq.offline.metrics import constant_logloss, expected_calibration_error
 from reaseq.offline.prepare import PrepareConfig, Prepared, prepare
 from reaseq.offline.representations import build_representation, representation_kind, uses_gbr
@@ -248,6 +248,7 @@ def run_pipeline(
             cfg.export_features,
             metrics,
             histories=histories_of.get(cfg.export_features),
+            knowledge=knowledge_summaries(work, cfg.makr.llm.model),
         )
         report["release"] = release_dir.name
     report["timings"]["total_s"] = round(time.perf_counter() - t0, 1)

@@ -16,6 +16,7 @@ import numpy as np
 
 from reaseq.core import contract
 from reaseq.service.query import AttendedBehavior
+from reaseq.service.store import FeatureView
 
 
 @dataclass
@@ -75,6 +76,7 @@ def top_attended(
                 "generated": g,
                 "gap_bucket": gap,
                 "weight": w,
+                "knowledge": "",
             }
             for j, g, gap, w in zip(row, row_generated, row_gaps, row_weights, strict=True)
         ]
@@ -82,3 +84,17 @@ def top_attended(
             positions, generated, gaps, top_weights, strict=True
         )
     ]
+
+
+async def join_knowledge(
+    features: FeatureView, explanations: list[list[AttendedBehavior]], candidate_ids: list[str]
+) -> list[str]:
+    """Fills each named behavior's `knowledge` from the release and returns the candidates'
+    knowledge texts: one read for every distinct item the response names."""
+    named = {b["item_id"] for behaviors in explanations for b in behaviors if b["item_id"]}
+    wanted = list(dict.fromkeys([*candidate_ids, *named]))
+    texts = dict(zip(wanted, await features.knowledge(wanted), strict=True))
+    for behaviors in explanations:
+        for behavior in behaviors:
+            behavior["knowledge"] = texts.get(behavior["item_id"], "")
+    return [texts[item_id] for item_id in candidate_ids]

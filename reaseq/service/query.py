@@ -41,6 +41,7 @@ class AttendedBehavior(TypedDict):
     generated: bool  # GBR-generated (beyond the log), not a real behavior
     gap_bucket: int  # contract.GAP_* bucket
     weight: float  # attention weight (dot attention: sums to 1 over the behaviors)
+    knowledge: str  # MAKR knowledge of the item ("" where none: no id, or none published)
 
 
 @dataclass
@@ -58,15 +59,23 @@ class RankResult:
     degraded: bool = False  # a configured fallback answered (triton_fallback = "local")
     # with `explain`: per candidate, its top attended behaviors, heaviest first
     explanations: list[list[AttendedBehavior]] | None = None
+    # with `explain`: per candidate, its MAKR knowledge text ("" where the release has none)
+    candidate_knowledge: list[str] | None = None
 
     def response_fields(self) -> dict:
         """The fields both transports return (everything but the internal timings); no
         `explanations` key unless they were asked for."""
-        fields = {k: v for k, v in vars(self).items() if k != "timings"}
+        fields = {
+            k: v for k, v in vars(self).items() if k not in ("timings", "candidate_knowledge")
+        }
         if self.explanations is None:
             del fields["explanations"]
         else:
-            fields["explanations"] = [{"behaviors": b} for b in self.explanations]
+            knowledge = self.candidate_knowledge or [""] * len(self.explanations)
+            fields["explanations"] = [
+                {"behaviors": b, "knowledge": k}
+                for b, k in zip(self.explanations, knowledge, strict=True)
+            ]
         return fields
 
 

@@ -41,7 +41,7 @@ from reaseq.service.errors import (
     NotReady,
     ReaseqError,
 )
-from reaseq.service.explain import behavior_info, top_attended
+from reaseq.service.explain import behavior_info, join_knowledge, top_attended
 from reaseq.service.logs import log_throttled
 from reaseq.service.query import (
     AttendedBehavior,
@@ -375,7 +375,7 @@ class Ranker:
         recent = fetched.items[n_cand:][recent_found]
         inputs = assemble(release, fetched.published, recent, candidates)
         DEGRADED.set(False)
-        explanations = None
+        explanations = candidate_knowledge = None
         if query.explain:
             if not release.model.explains:
                 raise ExplainUnavailable(
@@ -385,6 +385,11 @@ class Ranker:
             scores, attention = await _within(release.model.explain(*inputs), deadline, "scoring")
             found_recent = [query.recent_item_ids[i] for i in np.flatnonzero(recent_found)]
             explanations = self._explanations(release, fetched.published, found_recent, attention)
+            candidate_knowledge = await _within(
+                join_knowledge(release.features, explanations, query.candidate_item_ids),
+                deadline,
+                "reading item knowledge",
+            )
         else:
             scores = await _within(release.model.score(*inputs), deadline, "scoring")
         t_model = time.perf_counter()
@@ -412,6 +417,7 @@ class Ranker:
             unknown_recent_indices=np.flatnonzero(~recent_found).tolist(),
             degraded=DEGRADED.get(),
             explanations=explanations,
+            candidate_knowledge=candidate_knowledge,
             timings={
                 "features": t_features - started,
                 "model": t_model - t_features,

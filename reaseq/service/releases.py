@@ -252,7 +252,13 @@ class RedisReleaseSource(ReleaseSource):
         model = await anyio.to_thread.run_sync(load_model, manifest, model_bytes, make_backend)
         default = np.frombuffer(default_item, dtype=VECTOR_DTYPE)
         features = RedisFeatures(
-            self.client, self.keys, release, manifest.vector_dim, default, manifest.value_format
+            self.client,
+            self.keys,
+            release,
+            manifest.vector_dim,
+            default,
+            manifest.value_format,
+            has_knowledge=manifest.n_knowledge > 0,
         )
         return LoadedRelease(manifest, model, features)
 

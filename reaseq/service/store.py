@@ -30,7 +30,7 @@ from reaseq.core.codec import (
     side_problem,
 )
 from reaseq.core.keys import KeySchema
-from reaseq.core.release import Snapshot
+from reaseq.core.release import MAX_KNOWLEDGE_CHARS, Snapshot
 from reaseq.service.errors import CorruptFeatures, FeatureStoreUnavailable
 from reaseq.service.logs import log_throttled
 
@@ -83,6 +83,11 @@ class FeatureView(ABC):
         generated behavior, or a store that keeps no reverse index)."""
         return [""] * len(vectors)
 
+    async def knowledge(self, item_ids: list[str]) -> list[str]:
+        """Each item's MAKR knowledge text ("" where the release carries none); explanations
+        only, so it is a read of its own, never on the scoring path."""
+        return [""] * len(item_ids)
+
     async def ping(self) -> None:
         """Raise FeatureStoreUnavailable when the store cannot serve reads."""
 
@@ -124,6 +129,10 @@ class EmbeddedFeatures(FeatureView):
         halves = np.ascontiguousarray(vectors, dtype=self.snapshot.item_vectors.dtype)
         return [self._by_vector.get(row.tobytes(), "") for row in halves]
 
+    async def knowledge(self, item_ids: list[str]) -> list[str]:
+        rows = (self._item_rows.get(item_id) for item_id in item_ids)
+        return ["" if row is None else self.snapshot.knowledge_of(row) for row in rows]
+
     async def fetch(self, user_id: str, item_ids: list[str]) -> FetchedFeatures:
         user_row = self._user_rows.get(user_id)
         if user_row is None:
@@ -157,10 +166,28 @@ class RedisFeatures(FeatureView):
         dim: int,
         default_item: np.ndarray,
         value_format: int,
+        has_knowledge: bool = False,
     ) -> None:
         self.client, self.keys, self.release = client, keys, release
         self.dim, self.value_format = dim, value_format
         self.default_item = default_item.astype(np.float32)
+        self.has_knowledge = has_knowledge
+
+    async def knowledge(self, item_ids: list[str]) -> list[str]:
+        if not (self.has_knowledge and item_ids):
+            return [""] * len(item_ids)
+        names = [self.keys.knowledge(self.release, item_id) for item_id in item_ids]
+        try:
+            values = await self.client.mget(names)
+        except (RedisError, OSError, TimeoutError) as err:
+            raise store_error("reading item knowledge failed", err) from err
+        try:
+            texts = [value.decode() if value is not None else "" for value in values]
+        except UnicodeDecodeError:
+            raise corrupt_value(self.release, "an item knowledge text is not UTF-8") from None
+        if any(len(text) > MAX_KNOWLEDGE_CHARS for text in texts):
+            raise corrupt_value(self.release, "an item knowledge text is over-long")
+        return texts
 
     async def fetch(self, user_id: str, item_ids: list[str]) -> FetchedFeatures:
         names = [self.keys.user(self.release, user_id)]

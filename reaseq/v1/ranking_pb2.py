@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17reaseq/v1/ranking.proto\x12\treaseq.v1\"y\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1a\n\x12\x63\x61ndidate_item_ids\x18\x02 \x03(\t\x12\x17\n\x0frecent_item_ids\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x04 \x01(\r\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x08\"|\n\x10\x41ttendedBehavior\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\x11\n\tgenerated\x18\x04 \x01(\x08\x12\x12\n\ngap_bucket\x18\x05 \x01(\r\x12\x0e\n\x06weight\x18\x06 \x01(\x02\"F\n\x14\x43\x61ndidateExplanation\x12.\n\tbehaviors\x18\x01 \x03(\x0b\x32\x1b.reaseq.v1.AttendedBehavior\"\xfc\x01\n\x0cRankResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x0f\n\x07release\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x17\n\x0f\x66\x65\x61ture_version\x18\x04 \x01(\t\x12\x14\n\x0cunknown_user\x18\x05 \x01(\x08\x12\x1c\n\x14unknown_item_indices\x18\x06 \x03(\r\x12\x1e\n\x16unknown_recent_indices\x18\x07 \x03(\r\x12\x10\n\x08\x64\x65graded\x18\x08 \x01(\x08\x12\x35\n\x0c\x65xplanations\x18\t \x03(\x0b\x32\x1f.reaseq.v1.CandidateExplanation2I\n\x0eRankingService\x12\x37\n\x04Rank\x12\x16.reaseq.v1.RankRequest\x1a\x17.reaseq.v1.RankResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17reaseq/v1/ranking.proto\x12\treaseq.v1\"y\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1a\n\x12\x63\x61ndidate_item_ids\x18\x02 \x03(\t\x12\x17\n\x0frecent_item_ids\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x04 \x01(\r\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x08\"\x8f\x01\n\x10\x41ttendedBehavior\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\x11\n\tgenerated\x18\x04 \x01(\x08\x12\x12\n\ngap_bucket\x18\x05 \x01(\r\x12\x0e\n\x06weight\x18\x06 \x01(\x02\x12\x11\n\tknowledge\x18\x07 \x01(\t\"Y\n\x14\x43\x61ndidateExplanation\x12.\n\tbehaviors\x18\x01 \x03(\x0b\x32\x1b.reaseq.v1.AttendedBehavior\x12\x11\n\tknowledge\x18\x02 \x01(\t\"\xfc\x01\n\x0cRankResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x0f\n\x07release\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x17\n\x0f\x66\x65\x61ture_version\x18\x04 \x01(\t\x12\x14\n\x0cunknown_user\x18\x05 \x01(\x08\x12\x1c\n\x14unknown_item_indices\x18\x06 \x03(\r\x12\x1e\n\x16unknown_recent_indices\x18\x07 \x03(\r\x12\x10\n\x08\x64\x65graded\x18\x08 \x01(\x08\x12\x35\n\x0c\x65xplanations\x18\t \x03(\x0b\x32\x1f.reaseq.v1.CandidateExplanation2I\n\x0eRankingService\x12\x37\n\x04Rank\x12\x16.reaseq.v1.RankRequest\x1a\x17.reaseq.v1.RankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RANKREQUEST']._serialized_start=38
   _globals['_RANKREQUEST']._serialized_end=159
-  _globals['_ATTENDEDBEHAVIOR']._serialized_start=161
-  _globals['_ATTENDEDBEHAVIOR']._serialized_end=285
-  _globals['_CANDIDATEEXPLANATION']._serialized_start=287
-  _globals['_CANDIDATEEXPLANATION']._serialized_end=357
-  _globals['_RANKRESPONSE']._serialized_start=360
-  _globals['_RANKRESPONSE']._serialized_end=612
-  _globals['_RANKINGSERVICE']._serialized_start=614
-  _globals['_RANKINGSERVICE']._serialized_end=687
+  _globals['_ATTENDEDBEHAVIOR']._serialized_start=162
+  _globals['_ATTENDEDBEHAVIOR']._serialized_end=305
+  _globals['_CANDIDATEEXPLANATION']._serialized_start=307
+  _globals['_CANDIDATEEXPLANATION']._serialized_end=396
+  _globals['_RANKRESPONSE']._serialized_start=399
+  _globals['_RANKRESPONSE']._serialized_end=651
+  _globals['_RANKINGSERVICE']._serialized_start=653
+  _globals['_RANKINGSERVICE']._serialized_end=726
 # @@protoc_insertion_point(module_scope)

@@ -21,26 +21,30 @@ class RankRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., candidate_item_ids: _Optional[_Iterable[str]] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., deadline_ms: _Optional[int] = ..., explain: _Optional[bool] = ...) -> None: ...
 
 class AttendedBehavior(_message.Message):
-    __slots__ = ("position", "source", "item_id", "generated", "gap_bucket", "weight")
+    __slots__ = ("position", "source", "item_id", "generated", "gap_bucket", "weight", "knowledge")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATED_FIELD_NUMBER: _ClassVar[int]
     GAP_BUCKET_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    KNOWLEDGE_FIELD_NUMBER: _ClassVar[int]
     position: int
     source: str
     item_id: str
     generated: bool
     gap_bucket: int
     weight: float
-    def __init__(self, position: _Optional[int] = ..., source: _Optional[str] = ..., item_id: _Optional[str] = ..., generated: _Optional[bool] = ..., gap_bucket: _Optional[int] = ..., weight: _Optional[float] = ...) -> None: ...
+    knowledge: str
+    def __init__(self, position: _Optional[int] = ..., source: _Optional[str] = ..., item_id: _Optional[str] = ..., generated: _Optional[bool] = ..., gap_bucket: _Optional[int] = ..., weight: _Optional[float] = ..., knowledge: _Optional[str] = ...) -> None: ...
 
 class CandidateExplanation(_message.Message):
-    __slots__ = ("behaviors",)
+    __slots__ = ("behaviors", "knowledge")
     BEHAVIORS_FIELD_NUMBER: _ClassVar[int]
+    KNOWLEDGE_FIELD_NUMBER: _ClassVar[int]
     behaviors: _containers.RepeatedCompositeFieldContainer[AttendedBehavior]
-    def __init__(self, behaviors: _Optional[_Iterable[_Union[AttendedBehavior, _Mapping]]] = ...) -> None: ...
+    knowledge: str
+    def __init__(self, behaviors: _Optional[_Iterable[_Union[AttendedBehavior, _Mapping]]] = ..., knowledge: _Optional[str] = ...) -> None: ...
 
 class RankResponse(_message.Message):
     __slots__ = ("scores", "release", "model_version", "feature_version", "unknown_user", "unknown_item_indices", "unknown_recent_indices", "degraded", "explanations")

@@ -33,6 +33,7 @@ from reaseq.offline.makr.agents import (
 )
 from reaseq.offline.makr.encode_config import EncodeConfig
 from reaseq.offline.makr.llm import (
+    DEFAULT_MODEL,
     LLMBackend,
     LLMConfig,
     make_backend,
@@ -436,3 +437,16 @@ def load_knowledge(work: Path) -> dict[str, dict]:
             record = json.loads(line)
             out[record["item_id"]] = record
     return out
+
+
+def knowledge_summaries(work: Path, model: str = DEFAULT_MODEL) -> dict[str, str]:
+    """item_id -> the card's knowledge text, for every item with a card in `<work>/makr/<model>`
+    (what a release publishes for explanations; empty when MAKR never ran there)."""
+    from reaseq.offline.makr.schemas import ItemCard
+
+    records = load_knowledge(work / "makr" / Path(model).stem)
+    return {
+        item_id: ItemCard.model_validate(record["card"]).knowledge_text()
+        for item_id, record in records.items()
+        if record.get("card")
+    }
