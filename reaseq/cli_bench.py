@@ -189,6 +189,7 @@ def bench_store(
 
     from reaseq.bench.store import bench_store as run
     from reaseq.core.release import ReleaseCheckError
+    from reaseq.service.errors import ReaseqError
 
     try:
         report = run(
@@ -202,6 +203,7 @@ def bench_store(
         )
     except (
         ReleaseCheckError,
+        ReaseqError,  # a store that fails mid-run: FeatureStoreUnavailable, CorruptFeatures
         FileNotFoundError,
         RuntimeError,
         ValueError,

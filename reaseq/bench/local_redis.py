@@ -53,6 +53,9 @@ class LocalRedisNode:
 
     workdir: Path
     cluster: bool = False
+    # how long a silent master goes before the others flag it failed (the cluster then refuses
+    # commands until it is back); Redis' default 15 s, shorter where tests kill masters
+    node_timeout_ms: int = 15000
     port: int = field(default_factory=free_port)
     bus_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
@@ -77,7 +80,7 @@ class LocalRedisNode:
             "--cluster-port",
             str(self.bus_port),
             "--cluster-node-timeout",
-            "1000",  # a dead master is flagged (and a restarted one cleared) within seconds
+            str(self.node_timeout_ms),
         ]
 
     def start(self) -> LocalRedisNode:
@@ -122,6 +125,7 @@ class LocalRedisCluster:
 
     workdir: Path
     masters: int = 3
+    node_timeout_ms: int = 15000  # see LocalRedisNode
     nodes: list[LocalRedisNode] = field(default_factory=list)
 
     @property
@@ -132,7 +136,7 @@ class LocalRedisCluster:
     def start(self) -> LocalRedisCluster:
         try:
             for index in range(self.masters):
-                node = LocalRedisNode(self.workdir / f"node{index}", cluster=True)
+                node = LocalRedisNode(self.workdir / f"node{index}", True, self.node_timeout_ms)
                 self.nodes.append(node.start())
             addresses = [f"{HOST}:{node.port}" for node in self.nodes]
             create = ["--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
