@@ -29,7 +29,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from reaseq.cli_bench import bench_matrix, bench_model
+from reaseq.cli_bench import bench_matrix, bench_model, bench_store
 from reaseq.cli_gbr import gbr_app
 from reaseq.cli_makr import makr_app
 from reaseq.cli_triton import triton_app
@@ -46,6 +46,7 @@ app.add_typer(gbr_app, name="gbr")
 app.add_typer(triton_app, name="triton")
 app.command("bench-matrix")(bench_matrix)
 app.command("bench-model")(bench_model)
+app.command("bench-store")(bench_store)
 console = Console()
 err_console = Console(stderr=True)  # errors and "which store" lines: stdout stays parseable
 
@@ -65,7 +66,8 @@ ReleasesDirOpt = Annotated[
 RedisUrlOpt = Annotated[
     str | None,
     typer.Option(
-        help="Redis store URL (key namespace: $REASEQ_REDIS_NAMESPACE, else reaseq)",
+        help="Redis store URL; redis-cluster://host:port,host:port for a Redis Cluster (key "
+        "namespace: $REASEQ_REDIS_NAMESPACE, else reaseq)",
         show_default="$REASEQ_REDIS_URL, else redis://127.0.0.1:6379/0",
     ),
 ]
@@ -127,7 +129,7 @@ def _clear_errors() -> Iterator[None]:
     )
     try:
         yield
-    except (*expected, redis.RedisError) as err:
+    except (*expected, redis.RedisError, redis.RedisClusterException) as err:
         err_console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
         raise typer.Exit(2) from None
 
@@ -135,15 +137,13 @@ def _clear_errors() -> Iterator[None]:
 def _publisher(
     settings: ServiceSettings, verbose: bool = False, batch_size: int = 500, pause_ms: int = 0
 ):
-    from reaseq.core.keys import KeySchema
+    from reaseq.core.redis_cluster import key_schema, sync_client
     from reaseq.offline.publish import EmbeddedPublisher, RedisPublisher
 
     if settings.store == "redis":
-        import redis
-
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        client = redis.Redis.from_url(settings.redis_url, password=password, socket_timeout=10)
-        keys = KeySchema(settings.redis_namespace)
+        client = sync_client(settings.redis_url, password, timeout_s=10)
+        keys = key_schema(settings.redis_namespace, settings.redis_url)
         return RedisPublisher(client, keys, _step(verbose, pause_ms), batch_size)
     return EmbeddedPublisher(settings.releases_dir, _step(verbose, pause_ms))
 

@@ -164,3 +164,53 @@ def bench_model(
         raise typer.Exit(2) from None
     for row in rows:
         console.print(row.line(), markup=False)
+
+
+def bench_store(
+    release: Annotated[Path, typer.Option(help="release folder (exported) to publish and read")],
+    requests: Annotated[int, typer.Option(help="timed requests per store")] = 2000,
+    candidates: Annotated[int, typer.Option(help="candidates per request")] = 200,
+    warmup: Annotated[int, typer.Option(help="untimed requests first")] = 200,
+    single_url: Annotated[
+        str | None, typer.Option(help="a single-node Redis to use", show_default="one started here")
+    ] = None,
+    cluster_url: Annotated[
+        str | None,
+        typer.Option(
+            help="a Redis Cluster to use (redis-cluster://host:port,...)",
+            show_default="3 masters started here",
+        ),
+    ] = None,
+) -> None:
+    """Feature reads of one request on single-node Redis vs a Redis Cluster: the release is
+    published to both, then each request goes through the service's RedisFeatures.fetch on
+    each store in turn (namespace `bench-store`); p50/p95 per store and the ratio."""
+    import redis
+
+    from reaseq.bench.store import bench_store as run
+    from reaseq.core.release import ReleaseCheckError
+    from reaseq.service.errors import ReaseqError
+
+    try:
+        report = run(
+            release,
+            requests,
+            candidates,
+            warmup,
+            single_url,
+            cluster_url,
+            log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
+        )
+    except (
+        ReleaseCheckError,
+        ReaseqError,  # a store that fails mid-run: FeatureStoreUnavailable, CorruptFeatures
+        FileNotFoundError,
+        RuntimeError,
+        ValueError,
+        redis.RedisError,
+        redis.RedisClusterException,
+    ) as err:
+        err_console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    for line in report.lines():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -100,6 +100,39 @@ def redis_client(redis_server: RedisServer):
 
 
 @pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory):  # -> Iterator[LocalRedisCluster]
+    """A real Redis Cluster of 3 masters for the session: cluster-enabled redis-server processes
+    on free loopback ports joined by `redis-cli --cluster create`, stopped at the end."""
+    from reaseq.bench.local_redis import LocalRedisCluster
+
+    for binary in ("redis-server", "redis-cli"):
+        if shutil.which(binary) is None:
+            pytest.fail(f"{binary} is not installed: apt-get install -y redis-server")
+    # a killed master is flagged failed within seconds; a busy 2-core machine is no reason to
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster"), 3, node_timeout_ms=3000)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_client(redis_cluster):  # -> Iterator[redis.cluster.RedisCluster]
+    """A cluster client on an emptied cluster whose masters are all up (a test that stops one
+    starts it again, this makes sure)."""
+    from reaseq.core.redis_cluster import sync_client
+
+    if any(node.proc is None for node in redis_cluster.nodes):
+        for node in redis_cluster.nodes:
+            if node.proc is None:
+                node.start()
+        redis_cluster.wait_ok()
+    client = sync_client(redis_cluster.url, None, timeout_s=10)
+    client.flushall()  # every master
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory: pytest.TempPathFactory):
     """One small, real pipeline run (synthetic data, MiniLM text, a few epochs)."""
     from reaseq.offline.pipeline import PipelineConfig, run_pipeline

@@ -138,14 +138,13 @@ def _release_ids(release_dir: Path) -> tuple[list[str], list[str]]:
 def _publish(cfg: MatrixConfig, work: Path) -> dict[str, str]:
     """Publish the release where the service will read it; its store settings as REASEQ_*."""
     if cfg.store == "redis":
-        import redis
-
-        from reaseq.core.keys import KeySchema
+        from reaseq.core.redis_cluster import key_schema, sync_client
         from reaseq.offline.publish import RedisPublisher
 
-        client = redis.Redis.from_url(cfg.redis_url, socket_timeout=30)
+        client = sync_client(cfg.redis_url, None, timeout_s=30)  # a single node or a cluster
         try:
-            RedisPublisher(client, KeySchema(cfg.redis_namespace)).publish(cfg.release)
+            keys = key_schema(cfg.redis_namespace, cfg.redis_url)
+            RedisPublisher(client, keys).publish(cfg.release)
         finally:
             client.close()
         return {

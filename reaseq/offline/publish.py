@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.cluster import RedisCluster
 
 from reaseq.core.keys import KeySchema
+from reaseq.core.redis_cluster import mget
 from reaseq.core.release import (
     ACTIVE_FILE,
     HISTORY_FILE,
@@ -208,9 +210,19 @@ def iter_release_values(
 
 
 class RedisPublisher:
+    """Single-node Redis or a Redis Cluster (a cluster client and a cluster KeySchema, see
+    core/redis_cluster.py): SCANs then cover every master, and the control keys the switch moves
+    share one slot, so it stays one MULTI."""
+
     def __init__(
-        self, client: redis.Redis, keys: KeySchema, step: Step = _quiet, batch_size: int = 500
+        self,
+        client: redis.Redis | RedisCluster,
+        keys: KeySchema,
+        step: Step = _quiet,
+        batch_size: int = 500,
     ) -> None:
+        if isinstance(client, RedisCluster) != keys.cluster:
+            raise ValueError("a Redis Cluster client needs KeySchema(cluster=True), and only it")
         self.client, self.keys, self.step = client, keys, step
         self.batch_size = batch_size  # keys per pipelined write / MGET read-back
 
@@ -221,7 +233,7 @@ class RedisPublisher:
     def listing(self) -> list[Listed]:
         """Complete releases, oldest first; an unreadable manifest is listed with the reason."""
         names = [r.decode() for r in self.client.zrange(self.keys.releases, 0, -1)]
-        raw = self.client.mget([self.keys.manifest(r) for r in names]) if names else []
+        raw = mget(self.client, [self.keys.manifest(r) for r in names]) if names else []
         found = []
         for release, value in zip(names, raw, strict=True):
             if value is None:
@@ -287,7 +299,7 @@ class RedisPublisher:
         verifier = ValueVerifier(manifest)
         for names in batched(canonical_names(keys, prefix), self.batch_size):
             verifier.feed(
-                list(zip(names, self.client.mget([prefix + n for n in names]), strict=True))
+                list(zip(names, mget(self.client, [prefix + n for n in names]), strict=True))
             )
         verifier.finish()
 
@@ -323,7 +335,7 @@ class RedisPublisher:
     def in_use(self) -> set[str]:
         """Releases held by running service instances (markers with a TTL)."""
         names = list(self.client.scan_iter(match=self.keys.in_use_pattern, count=1000))
-        values = self.client.mget(names) if names else []
+        values = mget(self.client, names) if names else []
         return {release for v in values if v for release in v.decode().split()}
 
     def gc(self, keep: int) -> list[str]:

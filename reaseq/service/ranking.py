@@ -22,7 +22,7 @@ import numpy as np
 
 from reaseq.core import contract
 from reaseq.core.codec import UserBehaviors
-from reaseq.core.keys import KeySchema
+from reaseq.core.redis_cluster import key_schema
 from reaseq.core.release import ReleaseCheckError
 from reaseq.service import metrics
 from reaseq.service.backend import (
@@ -149,7 +149,8 @@ class Ranker:
                 settings.redis_password.get_secret_value() if settings.redis_password else None
             )
             client = make_redis_client(settings.redis_url, password, settings.redis_timeout_s)
-            source: ReleaseSource = RedisReleaseSource(client, KeySchema(settings.redis_namespace))
+            keys = key_schema(settings.redis_namespace, settings.redis_url)
+            source: ReleaseSource = RedisReleaseSource(client, keys)
         else:
             source = EmbeddedReleaseSource(settings.releases_dir)
         ranker = cls(source, settings)

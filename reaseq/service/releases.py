@@ -17,14 +17,15 @@ from pathlib import Path
 import anyio
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from reaseq.core import contract
 from reaseq.core.codec import VECTOR_DTYPE
 from reaseq.core.keys import KeySchema
+from reaseq.core.redis_cluster import async_cluster_client, async_mget, is_cluster_url
 from reaseq.core.release import (
     ACTIVE_FILE,
     HISTORY_FILE,
@@ -43,7 +44,13 @@ from reaseq.core.release import (
 )
 from reaseq.core.values import ValueVerifier, batched, canonical_names, verify_snapshot_values
 from reaseq.service.backend import ModelBackend
-from reaseq.service.store import EmbeddedFeatures, FeatureView, RedisFeatures, store_error
+from reaseq.service.store import (
+    STORE_ERRORS,
+    EmbeddedFeatures,
+    FeatureView,
+    RedisFeatures,
+    store_error,
+)
 
 VERIFY_BATCH = 1000  # keys per SCAN page / MGET while a release's values are verified
 
@@ -203,15 +210,17 @@ class EmbeddedReleaseSource(ReleaseSource):
 
 
 class RedisReleaseSource(ReleaseSource):
-    """Releases as key families in Redis; the pointer is `<ns>:active`."""
+    """Releases as key families in Redis; the pointer is `<ns>:active` (`{<ns>}:active` on a
+    cluster, where value verification scans every master)."""
 
-    def __init__(self, client: aioredis.Redis, keys: KeySchema) -> None:
+    def __init__(self, client: aioredis.Redis | AsyncRedisCluster, keys: KeySchema) -> None:
         self.client, self.keys = client, keys
+        self.mget = async_mget(client)
 
     async def active_release(self) -> str | None:
         try:
             value = await self.client.get(self.keys.active)
-        except (RedisError, OSError, TimeoutError) as err:
+        except STORE_ERRORS as err:
             raise store_error("cannot read the active release pointer", err) from err
         return value.decode(errors="replace") if value else None
 
@@ -219,7 +228,7 @@ class RedisReleaseSource(ReleaseSource):
         try:
             history = await self.client.lrange(self.keys.history, 0, -1)
             complete = await self.client.zrange(self.keys.releases, 0, -1)
-        except (RedisError, OSError, TimeoutError) as err:
+        except STORE_ERRORS as err:
             raise store_error("cannot list the kept releases", err) from err
         return fallback_order([r.decode() for r in history], [r.decode() for r in complete])
 
@@ -227,23 +236,23 @@ class RedisReleaseSource(ReleaseSource):
         value = " ".join(sorted(releases))
         try:
             await self.client.set(self.keys.in_use(instance), value, ex=IN_USE_TTL_S)
-        except (RedisError, OSError, TimeoutError) as err:
+        except STORE_ERRORS as err:
             raise store_error("cannot write the in-use marker", err) from err
 
     async def clear_in_use(self, instance: str) -> None:
-        with contextlib.suppress(RedisError, OSError, TimeoutError):  # else it expires by itself
+        with contextlib.suppress(*STORE_ERRORS):  # else it expires by itself
             await self.client.delete(self.keys.in_use(instance))
 
     async def load(self, release: str, make_backend: BackendFactory) -> LoadedRelease:
         try:
-            raw_manifest, model_bytes, default_item = await self.client.mget(
+            raw_manifest, model_bytes, default_item = await self.mget(
                 [
                     self.keys.manifest(release),
                     self.keys.model(release),
                     self.keys.default_item(release),
                 ]
             )
-        except (RedisError, OSError, TimeoutError) as err:
+        except STORE_ERRORS as err:
             raise store_error(f"cannot read release {release}", err) from err
         if raw_manifest is None or model_bytes is None or default_item is None:
             raise ReleaseCheckError(f"release {release} is incomplete in Redis")
@@ -273,9 +282,9 @@ class RedisReleaseSource(ReleaseSource):
             keys = [k async for k in self.client.scan_iter(match=prefix + "*", count=VERIFY_BATCH)]
             names = await anyio.to_thread.run_sync(canonical_names, keys, prefix.encode())
             for batch in batched(names, VERIFY_BATCH):
-                values = await self.client.mget([prefix.encode() + n for n in batch])
+                values = await self.mget([prefix.encode() + n for n in batch])
                 await anyio.to_thread.run_sync(verifier.feed, list(zip(batch, values, strict=True)))
-        except (RedisError, OSError, TimeoutError) as err:
+        except STORE_ERRORS as err:
             raise store_error(f"cannot read release {release}", err) from err
         verifier.finish()
 
@@ -283,13 +292,18 @@ class RedisReleaseSource(ReleaseSource):
         await self.client.aclose()
 
 
-def make_redis_client(url: str, password: str | None, timeout_s: float) -> aioredis.Redis:
+def make_redis_client(
+    url: str, password: str | None, timeout_s: float
+) -> aioredis.Redis | AsyncRedisCluster:
     """Short timeouts: a Redis outage becomes a fast, clear error, and redis-py reconnects by
     itself on the next call once Redis is back (recovery without restart).
 
     Every command the service sends is an idempotent read or an overwrite, so a command that
     meets a closed connection (a pooled connection opened before a Redis restart) is retried
-    once at once on a fresh connection. Timeouts are not retried: the deadline decides those."""
+    once at once on a fresh connection. Timeouts are not retried: the deadline decides those.
+    A `redis-cluster://` URL gets the cluster client, with the same timeouts and retry."""
+    if is_cluster_url(url):
+        return async_cluster_client(url, password, timeout_s)
     return aioredis.Redis.from_url(
         url,
         password=password,

@@ -38,7 +38,7 @@ class ServiceSettings(BaseSettings):
     # where releases come from
     store: Literal["embedded", "redis"] = "embedded"
     releases_dir: Path = Path("artifacts/releases")  # embedded store: release folders + ACTIVE
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:6379/0"  # or redis-cluster://host:port,host:port,...
     redis_password: SecretStr | None = None  # AUTH; also accepted inside redis_url
     redis_namespace: str = "reaseq"
     redis_timeout_s: float = Field(0.25, gt=0)  # socket connect/read timeout: fail fast, never hang

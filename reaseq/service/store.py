@@ -14,9 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import (
     AuthenticationError,
     AuthenticationWrongNumberOfArgsError,
+    ClusterDownError,
+    RedisClusterException,
     RedisError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -30,9 +33,13 @@ from reaseq.core.codec import (
     side_problem,
 )
 from reaseq.core.keys import KeySchema
+from reaseq.core.redis_cluster import async_mget
 from reaseq.core.release import MAX_KNOWLEDGE_CHARS, Snapshot
 from reaseq.service.errors import CorruptFeatures, FeatureStoreUnavailable
 from reaseq.service.logs import log_throttled
+
+# what a store call can raise when the store fails (cluster client errors are not all RedisError)
+STORE_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
 def store_error(what: str, err: BaseException) -> FeatureStoreUnavailable:
@@ -45,6 +52,8 @@ def store_error(what: str, err: BaseException) -> FeatureStoreUnavailable:
         why = "the feature store did not answer in time"
     elif isinstance(err, RedisConnectionError | OSError):
         why = "the feature store is unreachable"
+    elif isinstance(err, ClusterDownError | RedisClusterException):
+        why = "the feature store cluster is down or a node of it is unreachable"
     else:
         why = "the feature store answered with an error"
     return FeatureStoreUnavailable(f"{what}: {why}")
@@ -155,12 +164,13 @@ class EmbeddedFeatures(FeatureView):
 
 
 class RedisFeatures(FeatureView):
-    """Reads one release's keys; a single MGET per request (user key + item keys). User values
-    are decoded in the release's value format: one of the other format is corrupt."""
+    """Reads one release's keys; a single MGET per request (user key + item keys), or over a
+    cluster one concurrent read per node holding any of them. User values are decoded in the
+    release's value format: one of the other format is corrupt."""
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | AsyncRedisCluster,
         keys: KeySchema,
         release: str,
         dim: int,
@@ -169,6 +179,7 @@ class RedisFeatures(FeatureView):
         has_knowledge: bool = False,
     ) -> None:
         self.client, self.keys, self.release = client, keys, release
+        self.mget = async_mget(client)
         self.dim, self.value_format = dim, value_format
         self.default_item = default_item.astype(np.float32)
         self.has_knowledge = has_knowledge
@@ -178,8 +189,8 @@ class RedisFeatures(FeatureView):
             return [""] * len(item_ids)
         names = [self.keys.knowledge(self.release, item_id) for item_id in item_ids]
         try:
-            values = await self.client.mget(names)
-        except (RedisError, OSError, TimeoutError) as err:
+            values = await self.mget(names)
+        except STORE_ERRORS as err:
             raise store_error("reading item knowledge failed", err) from err
         try:
             texts = [value.decode() if value is not None else "" for value in values]
@@ -193,8 +204,8 @@ class RedisFeatures(FeatureView):
         names = [self.keys.user(self.release, user_id)]
         names += [self.keys.item(self.release, item_id) for item_id in item_ids]
         try:
-            values = await self.client.mget(names)
-        except (RedisError, OSError, TimeoutError) as err:
+            values = await self.mget(names)
+        except STORE_ERRORS as err:
             raise store_error("reading features failed", err) from err
         user_value = values[0]
         try:
@@ -213,6 +224,9 @@ class RedisFeatures(FeatureView):
 
     async def ping(self) -> None:
         try:
-            await self.client.ping()
-        except (RedisError, OSError, TimeoutError) as err:
+            if isinstance(self.client, AsyncRedisCluster):  # ready only if every master answers
+                await self.client.ping(target_nodes=AsyncRedisCluster.PRIMARIES)
+            else:
+                await self.client.ping()
+        except STORE_ERRORS as err:
             raise store_error("readiness check failed", err) from err
