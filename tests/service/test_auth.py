@@ -10,6 +10,7 @@ checked at start-up, and never appear in a log line, an error message or the set
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import secrets
@@ -30,7 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
-from reaseq.bench.client import bench
+from reaseq.bench.client import bench, bench_switch
 from reaseq.service.access import Access, TokenCheck
 from reaseq.service.errors import AccessConfigError
 from reaseq.service.grpc_server import RANK_METHOD, SERVICE_NAME, build_grpc_server
@@ -119,7 +120,11 @@ def test_tokens_from_environment_and_file(
     monkeypatch.setenv("REASEQ_AUTH_PROTECT_OPS", "true")
     settings = ServiceSettings(_env_file=None)  # type: ignore[call-arg]
     check = TokenCheck.from_settings(settings)
-    assert len(check.digests) == 2 and check.protect_ops
+    assert check.protect_ops
+    assert set(check.digests) == {
+        hashlib.sha256(t.encode()).digest() for t in (TOKEN, SECOND_TOKEN)
+    }
+    no_secret_in(repr(check))
     for token in (TOKEN, SECOND_TOKEN):
         check.verify(f"Bearer {token}", "a header")  # accepted: no exception
     no_secret_in(repr(settings) + str(settings.model_dump()))
@@ -157,6 +162,23 @@ def test_unusable_token_settings_fail_at_start_up(
     assert needle in message, message
     no_secret_in(message)
     assert TOKEN[:10] not in message
+
+
+async def test_the_tokens_file_is_read_at_start_up(releases: Path, tmp_path: Path) -> None:
+    """Rotating means restarting: a token written to the file later is not accepted."""
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text(TOKEN + "\n")
+    ranker = await open_ranker(releases, auth_tokens_file=tokens_file)
+    try:
+        transport = httpx.ASGITransport(app=create_app(ranker))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            tokens_file.write_text(SECOND_TOKEN + "\n")
+            old = await http.post(RANK_PATH, json=RANK_BODY, headers=bearer(TOKEN))
+            assert old.status_code == 200
+            new = await http.post(RANK_PATH, json=RANK_BODY, headers=bearer(SECOND_TOKEN))
+            assert_unauthenticated(new, presented=True)
+    finally:
+        await ranker.close()
 
 
 # --- HTTP -------------------------------------------------------------------------------------
@@ -350,6 +372,18 @@ async def test_grpc_without_a_valid_token_is_unauthenticated(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
+async def test_grpc_reads_no_request_without_a_token(channel: grpc.aio.Channel) -> None:
+    """Bytes that are not a RankRequest: UNAUTHENTICATED without a token (never parsed),
+    INVALID_ARGUMENT with one."""
+    raw = channel.unary_unary(RANK_METHOD, request_serializer=None, response_deserializer=None)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await raw(b"\xff\xff\xff\xff", timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await raw(b"\xff\xff\xff\xff", metadata=metadata(f"Bearer {TOKEN}"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 @pytest.mark.parametrize("token", [TOKEN, SECOND_TOKEN])
 async def test_grpc_with_a_valid_token_ranks(channel: grpc.aio.Channel, token: str) -> None:
     stub = ranking_pb2_grpc.RankingServiceStub(channel)
@@ -462,6 +496,11 @@ async def test_bench_client_sends_the_token(grpc_port: int) -> None:
     assert report["ok"] == 6 and report["errors"] == 0
     report = await bench("grpc", target, [USER], ITEMS, **args)
     assert report["ok"] == 0 and report["first_error"].startswith("UNAUTHENTICATED:")
+    stats = await bench_switch(
+        target, [USER], ITEMS, lambda: None, duration_s=1.0, switch_at_s=0.5, token=TOKEN,
+        n_candidates=3, n_recent=1, concurrency=2,
+    )  # fmt: skip
+    assert stats["errors"] == 0 and stats["releases_seen"] == ["tiny"]
 
 
 @pytest.fixture

@@ -6,7 +6,9 @@ start-up with one line naming the setting, before any port is bound."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -246,41 +248,50 @@ def test_a_key_of_another_certificate_stops_the_server_with_one_line(
     releases: Path, pki: Pki, tmp_path: Path
 ) -> None:
     env = {"REASEQ_GRPC_TLS_CERT": str(pki.server_pem), "REASEQ_GRPC_TLS_KEY": str(pki.client_key)}
-    proc = ServiceProcess(releases, tmp_path / "logs", env=env).start()
-    try:
-        assert proc.wait_exit(60) == 2, proc.stderr()
-    finally:
-        proc.stop()
+    # the HTTP port is taken too: the TLS files are checked before any port is bound
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        http_port = taken.getsockname()[1]
+        proc = ServiceProcess(releases, tmp_path / "logs", http_port, env=env).start()
+        try:
+            assert proc.wait_exit(60) == 2, proc.stderr()
+        finally:
+            proc.stop()
     lines = [line for line in proc.stderr().splitlines() if line.strip()]
     assert len(lines) == 1, lines
     assert "does not belong to the certificate in grpc_tls_cert" in lines[0]
 
 
-@pytest.mark.timeout(120)
-def test_reaseq_serve_speaks_mutual_tls(releases: Path, pki: Pki, tmp_path: Path) -> None:
+@pytest.mark.timeout(180)
+def test_reaseq_serve_with_tls_and_a_token_and_the_bench_cli(
+    releases: Path, pki: Pki, tmp_path: Path
+) -> None:
     env = {
         "REASEQ_GRPC_TLS_CERT": str(pki.server_pem),
         "REASEQ_GRPC_TLS_KEY": str(pki.server_key),
-        "REASEQ_GRPC_TLS_CLIENT_CA": str(pki.ca_pem),
+        "REASEQ_AUTH_TOKENS": TOKEN,
     }
     command = [sys.executable, "-m", "reaseq.cli", "serve"]
     proc = ServiceProcess(releases, tmp_path / "logs", env=env, command=command).start()
     try:
         proc.wait_alive()
         target = f"localhost:{proc.grpc_port}"
-        creds = grpc.ssl_channel_credentials(
-            pki.ca_pem.read_bytes(), pki.client_key.read_bytes(), pki.client_pem.read_bytes()
-        )
-        with grpc.secure_channel(target, creds) as channel:
+        request = ranking_pb2.RankRequest(user_id=USER, candidate_item_ids=ITEMS[:2])
+        with grpc.secure_channel(target, credentials(pki.ca_pem, token=TOKEN)) as channel:
             stub = ranking_pb2_grpc.RankingServiceStub(channel)
-            request = ranking_pb2.RankRequest(user_id=USER, candidate_item_ids=ITEMS[:2])
             assert len(stub.Rank(request, timeout=RPC_TIMEOUT_S).scores) == 2
         with grpc.insecure_channel(target) as channel:
             stub = ranking_pb2_grpc.RankingServiceStub(channel)
             with pytest.raises(grpc.RpcError) as info:
                 stub.Rank(request, timeout=RPC_TIMEOUT_S)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        bench_cli = [sys.executable, "-m", "reaseq.cli", "bench", "--target", target]
+        bench_cli += ["--tls-ca", str(pki.ca_pem), "--ids-from", str(releases / "tiny")]
+        bench_cli += ["--requests", "5", "--candidates", "3", "--recent", "1"]
+        bench_env = {k: v for k, v in os.environ.items() if not k.startswith("REASEQ_")}
+        bench_env["REASEQ_TOKEN"] = TOKEN
+        done = subprocess.run(bench_cli, env=bench_env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and '"errors": 0' in done.stdout, done.stdout + done.stderr
     finally:
         proc.stop()
-    assert "no authentication, gRPC TLS (mutual)" in proc.stderr()
-    assert "Traceback" not in proc.stderr()
+    assert "(ready=True; bearer tokens required (1 accepted; ops open), gRPC TLS)" in proc.stderr()
+    assert "Traceback" not in proc.stderr() and TOKEN not in proc.stderr()
