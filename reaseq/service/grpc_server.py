@@ -146,6 +146,21 @@ class ReadinessHealthServicer(health.aio.HealthServicer):
             await self.enter_graceful_shutdown()
 
 
+class _NoMetadataValues(logging.Filter):
+    """grpcio logs a metadata value that is not UTF-8 whole, with a traceback, at ERROR, for every
+    call that sends one: a credential in the log, and a log any client can flood. The value is
+    read as Latin-1 and the call goes on (a token in it is then refused), so the record is
+    dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Invalid encoding on")
+
+
+_GRPC_CYTHON_LOG = logging.getLogger("grpc._cython.cygrpc")
+if not any(isinstance(f, _NoMetadataValues) for f in _GRPC_CYTHON_LOG.filters):
+    _GRPC_CYTHON_LOG.addFilter(_NoMetadataValues())
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without a valid `authorization: Bearer <token>` with UNAUTHENTICATED.
 

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -477,10 +478,13 @@ def raw_grpc_call(port: int, path: str, authorization: bytes) -> dict[bytes, byt
 async def test_grpc_garbage_metadata_is_unauthenticated_never_unknown(
     grpc_port: int, caplog: pytest.LogCaptureFixture, value: bytes
 ) -> None:
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.DEBUG):
         trailers = await asyncio.to_thread(raw_grpc_call, grpc_port, RANK_METHOD, value)
     assert trailers.get(b"grpc-status") == str(grpc.StatusCode.UNAUTHENTICATED.value[0]).encode()
+    server = [r for r in caplog.records if not r.name.startswith(("h2", "hpack"))]  # not ours
     no_secret_in(trailers.get(b"grpc-message", b"").decode(errors="replace"))
+    no_secret_in(str([(r.getMessage(), r.exc_text) for r in server]))
+    assert not [r.getMessage() for r in server if r.levelno >= logging.WARNING or r.exc_info]
     # the same raw path with the right token ranks: the helper sends what a client would
     ok = await asyncio.to_thread(raw_grpc_call, grpc_port, RANK_METHOD, f"Bearer {TOKEN}".encode())
     assert ok.get(b"grpc-status") == b"0", ok
@@ -567,3 +571,51 @@ def test_a_bad_token_setting_stops_start_up_with_one_line(releases: Path, tmp_pa
     assert "Traceback" not in log and "serving" not in log
     no_secret_in(log)
     assert TOKEN[:8] not in log
+
+
+@pytest.fixture(scope="module")
+def protected_service(
+    pipeline_run: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    """A real server with the pipeline's release (explanations too), tokens and protected ops."""
+    from reaseq.offline.publish import EmbeddedPublisher
+
+    store = tmp_path_factory.mktemp("auth-st") / "releases"
+    EmbeddedPublisher(store).publish(pipeline_run.release_dir)
+    env = {"REASEQ_AUTH_TOKENS": TOKEN, "REASEQ_AUTH_PROTECT_OPS": "true"}
+    proc = ServiceProcess(store, tmp_path_factory.mktemp("auth-st-logs"), env=env).start()
+    try:
+        proc.wait_alive()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.mark.timeout(180, func_only=True)  # setup may train the session's pipeline first
+def test_schemathesis_with_a_token_and_without_one(
+    protected_service: ServiceProcess, tmp_path: Path
+) -> None:
+    """The schema of a protected service holds with the token sent, and `ignored_auth` checks
+    that every operation declaring the bearer scheme refuses calls without a valid token."""
+    from tests.service.test_openapi import CHECKS
+
+    binary = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
+    assert binary, "schemathesis is not installed: pip install -e '.[dev]'"
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(  # as in test_openapi.py: a 1 ms deadline's 504 is documented
+        '[checks.not_a_server_error]\nexpected-statuses = ["2xx", "3xx", "4xx", "504"]\n'
+        '[checks.negative_data_rejection]\nexpected-statuses = ["400", "413"]\n'
+    )
+    command = [binary, "--config-file", str(config), "--no-color", "run"]
+    command += [f"{protected_service.base_url}/openapi.json"]
+    command += ["--checks", ",".join((*CHECKS, "ignored_auth"))]
+    command += ["--phases", "examples,coverage,fuzzing", "--max-examples", "30", "--seed", "1"]
+    command += ["--workers", "2", "--request-timeout", "10"]
+    command += ["--header", f"Authorization: Bearer {TOKEN}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=170, cwd=tmp_path)
+    report = result.stdout[-6000:] + result.stderr[-2000:]
+    assert result.returncode == 0, report
+    assert protected_service.proc is not None and protected_service.proc.poll() is None
+    log = protected_service.stderr()
+    assert "Traceback" not in log, log[-3000:]
+    no_secret_in(log)
