@@ -72,6 +72,25 @@ RedisUrlOpt = Annotated[
     ),
 ]
 KeepOpt = Annotated[int, typer.Option(help="releases kept; older ones are garbage-collected")]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="REASEQ_TOKEN",
+        help="bearer token for a service with auth_tokens (from the environment, it stays out "
+        "of ps and shell history)",
+        show_default=False,
+    ),
+]
+TlsCaOpt = Annotated[
+    Path | None,
+    typer.Option(
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        help="CA certificate (PEM) that signed the service's certificate: gRPC over TLS "
+        "(HTTP: an https:// target's CA)",
+    ),
+]
 
 
 class CliError(Exception):
@@ -478,6 +497,8 @@ def bench(
     store: StoreOpt = None,
     releases_dir: ReleasesDirOpt = None,
     redis_url: RedisUrlOpt = None,
+    token: TokenOpt = None,
+    tls_ca: TlsCaOpt = None,
 ) -> None:
     """p50/p99 latency and throughput of Rank against a running service (ids from a release, so
     every candidate and behavior is a real item). Exits 1 if any request failed."""
@@ -497,6 +518,8 @@ def bench(
                 requests=requests,
                 concurrency=concurrency,
                 explain=explain,
+                token=token,
+                tls_ca=tls_ca,
             )
         )
     console.print(format_report(stats), soft_wrap=True, markup=False)
@@ -518,6 +541,8 @@ def bench_switch_cmd(
     store: StoreOpt = None,
     releases_dir: ReleasesDirOpt = None,
     redis_url: RedisUrlOpt = None,
+    token: TokenOpt = None,
+    tls_ca: TlsCaOpt = None,
 ) -> None:
     """p50/p99 of gRPC Rank in steady state vs while the service switches release under load.
     Exits 1 if any request failed."""
@@ -542,6 +567,8 @@ def bench_switch_cmd(
             n_candidates=candidates,
             n_recent=recent,
             concurrency=concurrency,
+            token=token,
+            tls_ca=tls_ca,
         )
     )
     console.print_json(_json(stats))

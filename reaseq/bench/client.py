@@ -6,6 +6,7 @@ Each request scores `n_candidates` items against `n_recent` real-time behaviors.
 
     reaseq bench --transport grpc --target 127.0.0.1:50051
     reaseq bench-switch --target 127.0.0.1:50051      # p99 while a release switches
+    REASEQ_TOKEN=... reaseq bench --tls-ca ca.pem     # a service with tokens and gRPC TLS
 
 Failed requests are counted, never fatal, and the first one is kept in words (`first_error`), so
 a run against a wrong port or a service without a release says so instead of timing errors.
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from time import perf_counter
 from typing import Any
 
@@ -129,23 +132,48 @@ async def _run(
     }
 
 
+def grpc_channel(target: str, token: str | None, tls_ca: Path | None) -> grpc.aio.Channel:
+    """A channel to `target`: TLS trusting `tls_ca` when given (the token then travels as call
+    credentials, which gRPC sends only over TLS); without TLS the token goes as metadata on each
+    call (`_rank_caller`)."""
+    if tls_ca is None:
+        return grpc.aio.insecure_channel(target)
+    credentials = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes())
+    if token is not None:
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(token)
+        )
+    return grpc.aio.secure_channel(target, credentials)
+
+
 @asynccontextmanager
 async def _rank_caller(
-    transport: str, target: str, concurrency: int
+    transport: str,
+    target: str,
+    concurrency: int,
+    token: str | None = None,
+    tls_ca: Path | None = None,
 ) -> AsyncIterator[Callable[[dict[str, Any]], Awaitable[Any]]]:
     """A function sending one Rank request over gRPC (one aio channel) or HTTP (one pooled
-    client), returning the reply; errors raise."""
+    client), returning the reply; errors raise. `token` is sent as `authorization: Bearer`;
+    `tls_ca` is the CA that signed the server's certificate."""
     if transport == "grpc":
-        async with grpc.aio.insecure_channel(target) as channel:
+        metadata = (("authorization", f"Bearer {token}"),) if token and tls_ca is None else None
+        async with grpc_channel(target, token, tls_ca) as channel:
             stub = ranking_pb2_grpc.RankingServiceStub(channel)
 
             async def call_grpc(body: dict[str, Any]) -> Any:
-                return await stub.Rank(ranking_pb2.RankRequest(**body), timeout=CALL_TIMEOUT_S)
+                request = ranking_pb2.RankRequest(**body)
+                return await stub.Rank(request, timeout=CALL_TIMEOUT_S, metadata=metadata)
 
             yield call_grpc
     elif transport == "http":
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(base_url=target, limits=limits, timeout=CALL_TIMEOUT_S) as c:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        verify = ssl.create_default_context(cafile=tls_ca) if tls_ca is not None else True
+        async with httpx.AsyncClient(
+            base_url=target, limits=limits, timeout=CALL_TIMEOUT_S, headers=headers, verify=verify
+        ) as c:
 
             async def call_http(body: dict[str, Any]) -> Any:
                 response = await c.post("/v1/rank", json=body)
@@ -170,15 +198,17 @@ async def bench(
     seed: int = 0,
     max_seconds: float | None = None,
     explain: bool = False,
+    token: str | None = None,
+    tls_ca: Path | None = None,
 ) -> dict[str, Any]:
     """Benchmark Rank at `target` (gRPC host:port, or HTTP base URL); `max_seconds` caps the
     timed phase (None: all `requests` are sent); `explain` asks every request for explanations
-    (their cost: compare with a run without)."""
+    (their cost: compare with a run without); `token` / `tls_ca` reach a protected service."""
     bodies = _make_requests(user_ids, item_ids, n_candidates, n_recent, warmup + requests, seed)
     if explain:
         for body in bodies:
             body["explain"] = True
-    async with _rank_caller(transport, target, concurrency) as call:
+    async with _rank_caller(transport, target, concurrency, token, tls_ca) as call:
         report = {"transport": transport, "target": target}
         return report | await _run(call, bodies, warmup, concurrency, max_seconds)
 
@@ -206,6 +236,8 @@ async def bench_switch(
     n_recent: int = 100,
     concurrency: int = 8,
     seed: int = 0,
+    token: str | None = None,
+    tls_ca: Path | None = None,
 ) -> dict[str, Any]:
     """Closed-loop gRPC load; `switch()` (e.g. activating another release) runs at switch_at_s.
 
@@ -218,7 +250,7 @@ async def bench_switch(
     t0 = perf_counter()
     switched_at: list[float] = []
 
-    async with _rank_caller("grpc", target, concurrency) as call:
+    async with _rank_caller("grpc", target, concurrency, token, tls_ca) as call:
 
         async def worker(offset: int) -> None:
             k = offset

@@ -240,12 +240,20 @@ class Snapshot:
 
         def load(name: str, mmap: bool = False) -> np.ndarray:
             try:
-                array = np.load(release_dir / name, mmap_mode="r" if mmap else None)
+                # never unpickle: an object array (a pickle inside the .npy) is refused unread
+                array = np.load(
+                    release_dir / name, mmap_mode="r" if mmap else None, allow_pickle=False
+                )
                 # a plain ndarray view of the mapping: np.memmap's subclass hooks cost ~10 µs
                 # on every slice, and a request slices several times
                 return np.asarray(array)
             except FileNotFoundError:
                 raise ReleaseCheckError(f"release {release_dir.name}: {name} is missing") from None
+            except ValueError as err:  # object dtype, or not an .npy file at all
+                raise ReleaseCheckError(
+                    f"release {release_dir.name}: {name} is not a plain numeric or string array "
+                    f"({err}); snapshot files are never unpickled: re-export the release"
+                ) from None
 
         v2 = value_format == 2
         return cls(

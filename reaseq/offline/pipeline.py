@@ -348,12 +348,14 @@ def saved_histories(work: Path, features: str, log: Log = print):
     reps_file = work / "reps" / kind / "item_reps.npy"
     data = load_prepared(work)
     max_len = saved["train"]["ranker"]["max_behaviors"]
-    return run_gbr(data, np.load(reps_file), kind, work, cfg.gbr, max_len, log).histories
+    return run_gbr(
+        data, np.load(reps_file, allow_pickle=False), kind, work, cfg.gbr, max_len, log
+    ).histories
 
 
 def load_text_embeddings(work: Path) -> np.ndarray | None:
     path = work / "reps" / "text" / EMBED_CACHE
-    return np.load(path) if path.exists() else None
+    return np.load(path, allow_pickle=False) if path.exists() else None
 
 
 def load_prepared(work: Path) -> Prepared:

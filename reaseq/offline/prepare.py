@@ -87,7 +87,7 @@ class Prepared:
     @classmethod
     def load(cls, out_dir: Path) -> Prepared:
         summary = json.loads((out_dir / SUMMARY_FILE).read_text())
-        seq = np.load(out_dir / SEQUENCES_FILE)
+        seq = np.load(out_dir / SEQUENCES_FILE, allow_pickle=False)
         return cls(
             name=summary["name"],
             protocol=summary["protocol"],

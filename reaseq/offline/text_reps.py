@@ -60,7 +60,7 @@ def cached_embeddings(
     path = cache_dir / f"{hashlib.sha256(raw).hexdigest()[:32]}.npy"
     if path.exists():
         try:
-            cached = np.load(path)
+            cached = np.load(path, allow_pickle=False)
             if cached.shape[0] == len(texts):
                 return cached
         except (OSError, ValueError):

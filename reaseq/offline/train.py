@@ -237,7 +237,7 @@ def save_checkpoint(result: TrainResult, cfg: TrainConfig, path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> tuple[Ranker, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     rcfg_dict = dict(ckpt["ranker_config"])
     rcfg_dict["din_hidden"] = tuple(rcfg_dict["din_hidden"])
     rcfg_dict["mlp_hidden"] = tuple(rcfg_dict["mlp_hidden"])

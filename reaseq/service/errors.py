@@ -93,8 +93,26 @@ class RequestTooLarge(ReaseqError):
     kind = "request_too_large"
 
 
+class Unauthenticated(ReaseqError):
+    """Tokens are configured and the call carries none, or one that is not valid; the message
+    says how to send one and never repeats what was sent."""
+
+    http_status = 401
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    kind = "unauthenticated"
+
+    def __init__(self, message: str, presented: bool) -> None:
+        super().__init__(message)
+        self.presented = presented  # a credential was sent (RFC 6750: error="invalid_token")
+
+
 class DeviceUnavailable(RuntimeError):
     """The configured model device cannot run here: a start-up error, not a release's fault."""
+
+
+class AccessConfigError(ValueError):
+    """Token or TLS settings that cannot work (a file that cannot be read, a key that does not
+    belong to its certificate): a start-up error whose message names the setting and the fix."""
 
 
 class CannotBind(OSError):

@@ -1,5 +1,8 @@
 """gRPC transport: `reaseq.v1.RankingService/Rank`, the standard health service, and reflection.
 
+With tokens configured (service/access.py) an interceptor checks `authorization` metadata before
+any handler runs or any request byte is parsed; with TLS configured the port speaks TLS only.
+
 The servicer only converts messages and maps errors; ranking semantics live in the Ranker, shared
 with the HTTP transport. Rank takes the request as raw bytes and parses it itself, so bytes that are
 not a RankRequest (or strings that are not UTF-8) are the caller's INVALID_ARGUMENT, counted like
@@ -11,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import AsyncIterator, Awaitable, Callable
 from time import perf_counter
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -20,7 +24,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from reaseq.service import metrics
-from reaseq.service.errors import CannotBind, InvalidRequest, ReaseqError
+from reaseq.service.access import Access, TokenCheck
+from reaseq.service.errors import CannotBind, InvalidRequest, ReaseqError, Unauthenticated
 from reaseq.service.query import RankQuery, RankResult
 from reaseq.service.ranking import Ranker
 from reaseq.v1 import ranking_pb2
@@ -28,6 +33,8 @@ from reaseq.v1 import ranking_pb2
 log = logging.getLogger(__name__)
 
 SERVICE_NAME: str = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name
+RANK_METHOD = f"/{SERVICE_NAME}/Rank"
+TOKEN_HOW = "the metadata `authorization: Bearer <token>`"
 HEALTH_REFRESH_S = 1.0
 _background: set[asyncio.Task[None]] = set()  # strong references to the health refreshers
 
@@ -139,6 +146,79 @@ class ReadinessHealthServicer(health.aio.HealthServicer):
             await self.enter_graceful_shutdown()
 
 
+class _NoMetadataValues(logging.Filter):
+    """grpcio logs a metadata value that is not UTF-8 whole, with a traceback, at ERROR, for every
+    call that sends one: a credential in the log, and a log any client can flood. The value is
+    read as Latin-1 and the call goes on (a token in it is then refused), so the record is
+    dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Invalid encoding on")
+
+
+_GRPC_CYTHON_LOG = logging.getLogger("grpc._cython.cygrpc")
+if not any(isinstance(f, _NoMetadataValues) for f in _GRPC_CYTHON_LOG.filters):
+    _GRPC_CYTHON_LOG.addFilter(_NoMetadataValues())
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without a valid `authorization: Bearer <token>` with UNAUTHENTICATED.
+
+    Reflection is always open (the API description), health unless `protect_ops`. A refused
+    call is answered by a handler of the same kind that takes the request as raw bytes and never
+    reads it, so nothing a caller without a token sends is parsed.
+    """
+
+    def __init__(self, tokens: TokenCheck) -> None:
+        self._tokens = tokens
+        self._open = {reflection.SERVICE_NAME}
+        if not tokens.protect_ops:
+            self._open.add(health.SERVICE_NAME)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        if handler is None or method.lstrip("/").partition("/")[0] in self._open:
+            return handler  # an unknown method stays UNIMPLEMENTED
+        values = [
+            value
+            for key, value in handler_call_details.invocation_metadata or ()
+            if key == "authorization"
+        ]
+        try:
+            first = values[0] if values else None
+            self._tokens.verify(first if isinstance(first, str) else None, TOKEN_HOW)
+        except Unauthenticated as err:
+            if method == RANK_METHOD:
+                metrics.observe_error("grpc", err)
+            return _refusal(handler, err)
+        return handler
+
+
+def _refusal(handler: grpc.RpcMethodHandler, err: ReaseqError) -> grpc.RpcMethodHandler:
+    """A handler of `handler`'s kind that aborts with `err` at once."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> NoReturn:
+        await _abort(context, err.grpc_code, err.message)
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await _abort(context, err.grpc_code, err.message)
+        yield  # unreachable: makes this the async generator a streaming handler must be
+
+    kinds = {
+        (False, False): (grpc.unary_unary_rpc_method_handler, refuse),
+        (True, False): (grpc.stream_unary_rpc_method_handler, refuse),
+        (False, True): (grpc.unary_stream_rpc_method_handler, refuse_stream),
+        (True, True): (grpc.stream_stream_rpc_method_handler, refuse_stream),
+    }
+    make, behavior = kinds[handler.request_streaming, handler.response_streaming]
+    return make(behavior, request_deserializer=None, response_serializer=None)
+
+
 def add_ranking_service(servicer: RankingServicer, server: grpc.aio.Server) -> None:
     """Register Rank with no request deserializer (the servicer parses), same method path."""
     handlers = {
@@ -155,14 +235,20 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-def build_grpc_server(ranker: Ranker, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+def build_grpc_server(
+    ranker: Ranker, host: str, port: int, access: Access | None = None
+) -> tuple[grpc.aio.Server, int]:
     """Create (not start) the server; returns it and the bound port (port 0 picks a free one).
 
-    Call from inside the running event loop: the health refresher is started as a task on it.
+    `access` (tokens, TLS) defaults to what the ranker's settings say. Call from inside the
+    running event loop: the health refresher is started as a task on it.
     """
+    if access is None:
+        access = Access.from_settings(ranker.settings)
+    interceptors = [BearerTokenInterceptor(access.tokens)] if access.tokens.enabled else []
     # grpcio sets SO_REUSEPORT by default: a second server on the port would silently take half
     # the connections. Off, a taken port is a bind error instead.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
     add_ranking_service(RankingServicer(ranker), server)
     health_servicer = ReadinessHealthServicer(ranker)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -170,7 +256,12 @@ def build_grpc_server(ranker: Ranker, host: str, port: int) -> tuple[grpc.aio.Se
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        bound = server.add_insecure_port(_address(host, port))
+        if access.grpc_tls is None:
+            bound = server.add_insecure_port(_address(host, port))
+        else:  # the credentials were checked by Access: a failure here is the address's
+            bound = server.add_secure_port(
+                _address(host, port), access.grpc_tls.server_credentials()
+            )
     except RuntimeError:  # grpcio >= 1.66 raises; older versions return 0
         bound = 0
     if bound == 0:

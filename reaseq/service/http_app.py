@@ -6,7 +6,9 @@ Ranker; run standalone, the lifespan opens one from settings and closes it on sh
 Every error, from a bad id to an unknown path, is answered in one `ErrorBody` shape; bodies over
 `http_max_body_bytes` are refused (413) before they are read in full, let alone parsed; the OpenAPI
 schema carries the bounds of the settings the app was built with and only the statuses it returns;
-/docs serves Swagger UI from the installed package, so it works offline.
+/docs serves Swagger UI from the installed package, so it works offline. With tokens configured
+(service/access.py), `BearerAuth` answers calls without a valid one with 401 before their body is
+read, and the schema documents the bearer scheme and the 401 on the operations that need it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reaseq.service import metrics
-from reaseq.service.errors import InvalidRequest, NotReady, ReaseqError, RequestTooLarge
+from reaseq.service.access import TokenCheck
+from reaseq.service.errors import (
+    InvalidRequest,
+    NotReady,
+    ReaseqError,
+    RequestTooLarge,
+    Unauthenticated,
+)
 from reaseq.service.query import MAX_ID_LENGTH, RankLimits, RankQuery, RankResult
 from reaseq.service.ranking import Ranker
 from reaseq.service.settings import ServiceSettings
@@ -39,6 +48,11 @@ log = logging.getLogger(__name__)
 
 RANK_PATH = "/v1/rank"
 DOCS_ASSETS = "/docs/assets"
+OPENAPI_PATH = "/openapi.json"
+OPEN_PATHS = frozenset({"/healthz", "/docs", OPENAPI_PATH})  # never need a token
+OPS_PATHS = frozenset({"/readyz", "/metrics"})  # need one with auth_protect_ops
+TOKEN_HOW = "the header `Authorization: Bearer <token>`"
+BEARER_SCHEME = "bearerAuth"
 # What `query._check_id` accepts, for the schema: 1..128 characters, not all whitespace, no NUL,
 # CR or LF. The ranker enforces it (one rule for both transports); the schema only states it.
 ID_PATTERN = r"^[^\x00\n\r]*[^\s][^\x00\n\r]*$"
@@ -129,7 +143,7 @@ class ErrorBody(BaseModel):
     error: str = Field(
         description="Error kind: invalid_request, request_too_large, not_ready, "
         "feature_store_unavailable, model_backend_unavailable, invalid_model_output, "
-        "deadline_exceeded, internal, not_found, method_not_allowed."
+        "deadline_exceeded, internal, not_found, method_not_allowed, unauthenticated."
     )
     message: str = Field(description="What was wrong and how to fix it.")
 
@@ -360,6 +374,41 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+def needs_token(path: str, protect_ops: bool) -> bool:
+    """Every path (unknown ones too) but liveness, the API description and, unless
+    `protect_ops`, the operator endpoints."""
+    if path in OPEN_PATHS or path.startswith(f"{DOCS_ASSETS}/"):
+        return False
+    return protect_ops or path not in OPS_PATHS
+
+
+class BearerAuth:
+    """ASGI middleware, outermost: a path that needs a token and lacks a valid one gets 401 with
+    `WWW-Authenticate: Bearer` in the error shape, before its body is read."""
+
+    def __init__(self, app: ASGIApp, tokens: TokenCheck) -> None:
+        self.app, self.tokens = app, tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not needs_token(scope["path"], self.tokens.protect_ops):
+            await self.app(scope, receive, send)
+            return
+        try:
+            self.tokens.verify(Headers(scope=scope).get("authorization"), TOKEN_HOW)
+        except Unauthenticated as err:
+            if scope["path"] == RANK_PATH:
+                metrics.observe_error("http", err)
+            response = _error_response(err)
+            challenge = 'Bearer realm="reaseq"'
+            response.headers["www-authenticate"] = (
+                f'{challenge}, error="invalid_token"' if err.presented else challenge
+            )
+            response.headers["connection"] = "close"  # any body sent is not wanted
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def _replay(body: bytes, receive: Receive) -> Receive:
     """A receive that yields the buffered body once, then defers to the server (disconnects)."""
     sent = False
@@ -374,9 +423,10 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def _document_limits(app: FastAPI, limits: RankLimits) -> dict[str, Any]:
+def _document_limits(app: FastAPI, limits: RankLimits, tokens: TokenCheck) -> dict[str, Any]:
     """The OpenAPI schema, with the request bounds of this app's settings and without the 422
-    FastAPI documents by default (bad input is 400 here, in `ErrorBody`)."""
+    FastAPI documents by default (bad input is 400 here, in `ErrorBody`); with tokens, the bearer
+    scheme and a 401 on exactly the operations `BearerAuth` guards."""
     if app.openapi_schema is not None:
         return app.openapi_schema
     spec = FastAPI.openapi(app)
@@ -391,8 +441,29 @@ def _document_limits(app: FastAPI, limits: RankLimits) -> dict[str, Any]:
     props["candidate_item_ids"]["description"] += f" 1..{limits.max_candidates} ids."
     props["recent_item_ids"].update(maxItems=limits.max_recent_behaviors)
     props["recent_item_ids"]["description"] += f" At most {limits.max_recent_behaviors} ids."
+    if tokens.enabled:
+        _document_bearer(spec, tokens.protect_ops)
     app.openapi_schema = spec
     return spec
+
+
+def _document_bearer(spec: dict[str, Any], protect_ops: bool) -> None:
+    spec["components"].setdefault("securitySchemes", {})[BEARER_SCHEME] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "One of the service's auth_tokens.",
+    }
+    for path, ops in spec.get("paths", {}).items():
+        if not needs_token(path, protect_ops):
+            continue
+        for op in ops.values():
+            op["security"] = [{BEARER_SCHEME: []}]
+            op["responses"]["401"] = {
+                "description": "No token, or not a valid one (WWW-Authenticate: Bearer).",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+                },
+            }
 
 
 @asynccontextmanager
@@ -410,16 +481,28 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await opened.close()
 
 
-def create_app(ranker: Ranker | None = None, settings: ServiceSettings | None = None) -> FastAPI:
+def create_app(
+    ranker: Ranker | None = None,
+    settings: ServiceSettings | None = None,
+    tokens: TokenCheck | None = None,
+) -> FastAPI:
     """Build the HTTP app; inject `ranker` to share one with gRPC (or in tests).
 
-    Limits (body size, schema bounds) come from `settings`, else from the ranker's, else from the
-    defaults, so the schema always states what this app enforces.
+    Limits (body size, schema bounds) and tokens come from `settings`, else from the ranker's,
+    else from the defaults, so the schema always states what this app enforces; `tokens`, when
+    given, is what `Access.from_settings` already read (no second read of a tokens file).
     """
     if settings is None:
         settings = ranker.settings if ranker is not None else ServiceSettings()
+    if tokens is None:
+        tokens = TokenCheck.from_settings(settings)
     app = FastAPI(
-        title="ReaSeq Serving", version="1", lifespan=lifespan, docs_url=None, redoc_url=None
+        title="ReaSeq Serving",
+        version="1",
+        lifespan=lifespan,
+        openapi_url=OPENAPI_PATH,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.ranker = ranker
     app.state.settings = settings  # read only by the lifespan, and only when it opens a Ranker
@@ -430,6 +513,8 @@ def create_app(ranker: Ranker | None = None, settings: ServiceSettings | None = 
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
     app.add_exception_handler(Exception, _internal_error_handler)
     app.add_middleware(BodyLimit, max_bytes=settings.http_max_body_bytes)
+    if tokens.enabled:  # added last: runs first, so no unauthenticated body is read
+        app.add_middleware(BearerAuth, tokens=tokens)
     limits = RankLimits(settings.max_candidates, settings.max_recent_behaviors)
-    app.openapi = lambda: _document_limits(app, limits)  # type: ignore[method-assign]
+    app.openapi = lambda: _document_limits(app, limits, tokens)  # type: ignore[method-assign]
     return app

@@ -20,7 +20,8 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 
-from reaseq.service.errors import CannotBind, DeviceUnavailable, PortInUse
+from reaseq.service.access import Access
+from reaseq.service.errors import AccessConfigError, CannotBind, DeviceUnavailable, PortInUse
 from reaseq.service.grpc_server import build_grpc_server
 from reaseq.service.http_app import create_app
 from reaseq.service.ranking import Ranker
@@ -84,17 +85,18 @@ def _http_address(server: uvicorn.Server) -> str:
 async def serve(settings: ServiceSettings) -> None:
     """Run both transports until SIGINT/SIGTERM, then drain them and close the Ranker.
 
-    Both ports are taken first, before the (slow) release load, so a clash fails in milliseconds
-    with `PortInUse` and nothing else logged.
+    Access settings (tokens, TLS files) are checked and both ports taken first, before the (slow)
+    release load, so a bad file or a port clash fails in milliseconds with one clear line.
     """
+    access = Access.from_settings(settings)
     http_socket = bind_tcp(settings.host, settings.http_port, "HTTP")
     with contextlib.closing(http_socket):  # uvicorn closes it on shutdown; twice is harmless
         if settings.grpc_port:  # a probe: gRPC binds its own socket, but reports a clash only
             bind_tcp(settings.host, settings.grpc_port, "gRPC").close()  # as a C-core log line
-        await _serve_on(settings, http_socket)
+        await _serve_on(settings, access, http_socket)
 
 
-async def _serve_on(settings: ServiceSettings, http_socket: socket.socket) -> None:
+async def _serve_on(settings: ServiceSettings, access: Access, http_socket: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -102,9 +104,12 @@ async def _serve_on(settings: ServiceSettings, http_socket: socket.socket) -> No
 
     ranker = await Ranker.open(settings)
     try:
-        grpc_server, grpc_port = build_grpc_server(ranker, settings.host, settings.grpc_port)
+        grpc_server, grpc_port = build_grpc_server(
+            ranker, settings.host, settings.grpc_port, access
+        )
         await grpc_server.start()
-        http_server = _Uvicorn(http_config(create_app(ranker, settings), settings))
+        app = create_app(ranker, settings, access.tokens)
+        http_server = _Uvicorn(http_config(app, settings))
         http_task = asyncio.create_task(http_server.serve(sockets=[http_socket]))
         while not http_server.started and not http_task.done():
             await asyncio.sleep(0.05)
@@ -115,11 +120,12 @@ async def _serve_on(settings: ServiceSettings, http_socket: socket.socket) -> No
                 f"HTTP server failed to start on {settings.host}:{settings.http_port}"
             )
         log.info(
-            "serving gRPC on %s:%d and HTTP on %s (ready=%s)",
+            "serving gRPC on %s:%d and HTTP on %s (ready=%s; %s)",
             settings.host,
             grpc_port,
             _http_address(http_server),
             ranker.is_ready(),
+            access.describe(),
         )
 
         stop_wait = asyncio.create_task(stop.wait())
@@ -142,8 +148,8 @@ def main() -> None:
     )
     try:
         asyncio.run(serve(ServiceSettings()))
-    except (CannotBind, DeviceUnavailable) as err:  # an operator's problem: one line, exit 2
-        log.error("%s", err)
+    except (AccessConfigError, CannotBind, DeviceUnavailable) as err:
+        log.error("%s", err)  # an operator's problem: one line, exit 2
         sys.exit(2)
 
 

@@ -76,6 +76,16 @@ class ServiceSettings(BaseSettings):
     # Raise it together with max_candidates / max_recent_behaviors.
     http_max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
 
+    # access (README "Access: tokens and TLS"); checked at start-up by service/access.py
+    # Bearer tokens, comma-separated; unset or empty: no authentication. Several at once let a
+    # token be rotated without downtime. Each token is 16..4096 printable ASCII characters.
+    auth_tokens: SecretStr | None = None
+    auth_tokens_file: Path | None = None  # one token a line (a mounted Secret); adds to the above
+    auth_protect_ops: bool = False  # /readyz, /metrics and gRPC health need a token too
+    grpc_tls_cert: Path | None = None  # PEM certificate chain; with grpc_tls_key: gRPC over TLS
+    grpc_tls_key: Path | None = None  # PEM private key, unencrypted
+    grpc_tls_client_ca: Path | None = None  # PEM CA bundle: mutual TLS, clients need a cert
+
     # request bounds
     max_candidates: int = Field(1000, ge=1)
     max_recent_behaviors: int = Field(100, ge=0)

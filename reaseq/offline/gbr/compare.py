@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
 
     data = Prepared.load(args.work / "prepared")
-    reps = np.load(args.work / "reps" / "text" / "item_reps.npy")
+    reps = np.load(args.work / "reps" / "text" / "item_reps.npy", allow_pickle=False)
     results: dict = {"work": str(args.work)}
     seeds = [int(s) for s in args.seeds.split(",")]
 

@@ -254,7 +254,7 @@ def train_gbr(
     path = out_dir / CHECKPOINT_FILE
     state = {"epoch": 0, "history": [], "best": None, "best_state": None, "stale": 0}
     if path.exists():
-        saved = torch.load(path, map_location=device, weights_only=False)
+        saved = torch.load(path, map_location=device, weights_only=True)
         if resume_identity(saved["config"]) != resume_identity(asdict(cfg)):
             raise ValueError(
                 f"{path} was trained with another configuration; remove it or use another "
@@ -361,7 +361,7 @@ def train_gbr(
 
 def load_gbr(path: Path) -> tuple[MaskPredictor, float, dict]:
     """The best weights of a finished (or interrupted) run, its representation scale, config."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = torch.load(path, map_location="cpu", weights_only=True)
     model_cfg = GBRConfig(**saved["config"]["model"])
     model = MaskPredictor(model_cfg)
     model.load_state_dict(saved["state"]["best_state"] or saved["state_dict"])
