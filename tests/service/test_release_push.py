@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from reaseq.core.keys import KeySchema
 from reaseq.offline.publish import RedisPublisher
+from reaseq.service import releases
 from reaseq.service.ranking import Ranker
 from reaseq.service.releases import PUSH_BACKOFF_MAX_S
 from reaseq.service.settings import ServiceSettings
@@ -195,3 +196,45 @@ async def test_push_comes_back_after_a_redis_restart_without_a_busy_loop_or_a_le
         await ranker.close()
     assert connections(notifying_redis, "pubsub") == 0
     await wait_for(lambda: connections(notifying_redis) == 0, 5, "every connection closed")
+
+
+async def test_a_new_subscription_checks_the_pointer_it_was_not_told_about(
+    quiet_redis: RedisServer, pipeline_run, second_release: Path, monkeypatch
+) -> None:
+    """The pointer moves while nothing is pushed; once the subscription starts, the service
+    looks at the pointer at once instead of waiting for a notification that never comes."""
+    monkeypatch.setattr(releases, "PUSH_RECHECK_S", 0.2)
+    pub = publisher(quiet_redis)
+    pub.publish(pipeline_run.release_dir)
+    second = pub.publish(second_release, activate=False)
+    ranker = await Ranker.open(settings(quiet_redis))
+    try:
+        await asyncio.to_thread(pub.activate, second)  # no notifications yet: nothing pushed
+        await asyncio.sleep(1.0)
+        assert serving(ranker) != second
+        pub.client.config_set("notify-keyspace-events", "K$")  # now the server publishes
+        await wait_for(lambda: serving(ranker) == second, 20, "switched on subscribing")
+    finally:
+        await ranker.close()
+
+
+async def test_a_stalled_server_drops_the_subscription_and_it_comes_back(
+    notifying_redis: RedisServer, pipeline_run, second_release: Path, monkeypatch, caplog
+) -> None:
+    """A server that stops answering (DEBUG SLEEP) raises no error on a subscribed connection:
+    the unanswered PING does, and the service subscribes again once the server answers."""
+    caplog.set_level(logging.INFO, logger="reaseq.service.releases")
+    monkeypatch.setattr(releases, "PUSH_PING_S", 0.5)
+    pub = publisher(notifying_redis)
+    pub.publish(pipeline_run.release_dir)
+    second = pub.publish(second_release, activate=False)
+    ranker = await Ranker.open(settings(notifying_redis))
+    try:
+        await wait_for(subscribed, 10, "subscribed to the pointer")
+        await asyncio.to_thread(pub.client.execute_command, "DEBUG", "SLEEP", "2.5")
+        assert "answered nothing" in caplog.text
+        await wait_for(lambda: "subscribed again" in caplog.text, 10, "subscribed again")
+        await asyncio.to_thread(pub.activate, second)
+        await wait_for(lambda: serving(ranker) == second, 20, "switched by push")
+    finally:
+        await ranker.close()
