@@ -575,6 +575,47 @@ def bench_switch_cmd(
     _exit_on_failed_requests(stats)
 
 
+@app.command("bench-follow")
+def bench_follow_cmd(
+    target: Annotated[
+        list[str], typer.Option(help="HTTP base URL of an instance; repeat for each")
+    ],
+    to: Annotated[
+        str | None,
+        typer.Option(help="release to alternate with", show_default="the rollback target"),
+    ] = None,
+    switches: Annotated[int, typer.Option(min=1, help="pointer moves")] = 10,
+    pause_max: Annotated[
+        float, typer.Option(help="longest random pause before each move, seconds")
+    ] = 2.0,
+    store: StoreOpt = None,
+    releases_dir: ReleasesDirOpt = None,
+    redis_url: RedisUrlOpt = None,
+) -> None:
+    """How long after `release activate` running instances serve the new release: moves the
+    pointer between the active release and another, watching each instance's /readyz (an even
+    number of moves leaves it where it was). Exits 1 if an instance missed a move."""
+    from reaseq.bench.follow import bench_follow
+    from reaseq.offline.publish import rollback_target
+
+    settings = _settings(store, releases_dir, redis_url)
+    with _clear_errors():
+        publisher = _publisher(settings)
+        active = publisher.active()
+        if active is None:
+            raise CliError("no active release: publish one first")
+        if to is None:
+            available = {m.release for m in publisher.complete()}
+            to = rollback_target(publisher.history(), active, available)
+        stats = asyncio.run(
+            bench_follow(target, (active, to), publisher.activate, switches, pause_max)
+        )
+    console.print_json(_json(stats))
+    if stats["missed"]:
+        err_console.print(f"[red]error:[/] {stats['missed']} switches were not followed")
+        raise typer.Exit(1)
+
+
 @app.command("bench-verify")
 def bench_verify_cmd(
     redis_url: Annotated[

@@ -26,12 +26,15 @@ def free_port() -> int:
 class RedisServer:
     """A real redis-server process we can stop and restart on the same port (outage tests)."""
 
-    def __init__(self, workdir: Path, password: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, password: str | None = None, extra_args: tuple[str, ...] = ()
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed: apt-get install -y redis-server")
         self.binary, self.workdir, self.port = binary, workdir, free_port()
         self.password = password
+        self.extra_args = extra_args  # more redis-server options, kept across restarts
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -57,6 +60,7 @@ class RedisServer:
                 "--enable-debug-command",  # DEBUG SLEEP: a real stalled server for deadline tests
                 "local",
                 *(["--requirepass", self.password] if self.password else []),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -239,6 +239,7 @@ async def prometheus_metrics(request: Request) -> Response:
     """Prometheus text exposition of the default registry."""
     ranker: Ranker | None = request.app.state.ranker
     metrics.sync_active_release(ranker.active_versions() if ranker is not None else None)
+    metrics.READY.set(await ranker.ready_now() if ranker is not None else False)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

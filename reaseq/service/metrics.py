@@ -6,6 +6,8 @@ live in one place and dashboards see the same series whichever transport served 
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 import threading
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -79,6 +81,21 @@ RELEASE_LAST_SWITCH = Gauge(
     "reaseq_release_last_switch_timestamp_seconds",
     "Unix time of the last release switch (time since = time() - this).",
 )
+ACTIVE_RELEASE_CREATED = Gauge(
+    "reaseq_active_release_created_timestamp_seconds",
+    "Unix time the served release was created (its manifest's created_at): the same on every "
+    "instance and across restarts, so time() - this is the release's age.",
+)
+READY = Gauge(
+    "reaseq_ready",
+    "1 when /readyz would answer 200 (a release is loaded and its store answers), checked at "
+    "each scrape; else 0.",
+)
+RELEASE_PUSH_SUBSCRIBED = Gauge(
+    "reaseq_release_push_subscribed",
+    "1 while subscribed to the Redis keyspace notifications of the active pointer (a publish is "
+    "seen at once); 0 while only polling finds it (push off, unavailable, or reconnecting).",
+)
 RELEASE_FALLBACK = Gauge(
     "reaseq_release_fallback",
     "1 while the service serves a release other than the one the pointer names (refused).",
@@ -143,14 +160,30 @@ def set_active_release(release: str, model_version: str, feature_version: str) -
 
 
 def record_switch(
-    release: str, model_version: str, feature_version: str, seconds: float | None = None
+    release: str,
+    model_version: str,
+    feature_version: str,
+    seconds: float | None = None,
+    created_at: str | None = None,
 ) -> None:
-    """The ranker switched releases: count it, time it, and repoint the active-release gauge."""
+    """The ranker switched releases: count it, time it, and repoint the active-release gauges
+    (`created_at` is the manifest's, so the release's age survives a restart of the service)."""
     RELEASE_SWITCHES.inc()
     RELEASE_LAST_SWITCH.set_to_current_time()
     if seconds is not None:
         RELEASE_SWITCH_SECONDS.observe(seconds)
+    if created_at is not None:
+        ACTIVE_RELEASE_CREATED.set(created_timestamp(created_at))
     set_active_release(release, model_version, feature_version)
+
+
+def created_timestamp(created_at: str) -> float:
+    """A manifest's ISO 8601 `created_at` as Unix time; NaN (no age, no alert) if it does not
+    parse, since a label-free timestamp must not stop a release that passed its checks."""
+    try:
+        return dt.datetime.fromisoformat(created_at).timestamp()
+    except ValueError:
+        return math.nan
 
 
 def clear_active_release() -> None:

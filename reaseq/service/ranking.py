@@ -55,13 +55,14 @@ from reaseq.service.releases import (
     LoadedRelease,
     RedisReleaseSource,
     ReleaseSource,
+    make_push_client,
     make_redis_client,
 )
 from reaseq.service.settings import ServiceSettings
 from reaseq.service.triton.backend import TritonBackend, TritonModels, TritonOptions
 
 log = logging.getLogger(__name__)
-CLOSE_WAIT_S = 5.0  # how long close() waits for the release poller to stop
+CLOSE_WAIT_S = 5.0  # how long close() waits for the release poller and watcher to stop
 T = TypeVar("T")
 
 
@@ -130,6 +131,8 @@ class Ranker:
         self._refusals: dict[str, str] = {}  # release -> why it failed its checks (not retried)
         self._pointer: str | None = None  # the release the active pointer named at last look
         self._poller: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None  # the source's pointer push, if it has one
+        self._pointer_moved = asyncio.Event()  # set by a push: check the pointer now
         self._closing = False
         self._refresh_lock = asyncio.Lock()
         self._retiring: dict[asyncio.Task, str] = {}  # previous releases draining after a switch
@@ -150,7 +153,14 @@ class Ranker:
             )
             client = make_redis_client(settings.redis_url, password, settings.redis_timeout_s)
             keys = key_schema(settings.redis_namespace, settings.redis_url)
-            source: ReleaseSource = RedisReleaseSource(client, keys)
+            push_client = None
+            # keyspace notifications come only from the node holding the key: a cluster polls
+            if settings.release_push == "auto" and not keys.cluster:
+                timeout_s = settings.redis_timeout_s
+                push_client = make_push_client(settings.redis_url, password, timeout_s)
+            source: ReleaseSource = RedisReleaseSource(
+                client, keys, push_client, configure_server=settings.release_push_configure_server
+            )
         else:
             source = EmbeddedReleaseSource(settings.releases_dir)
         ranker = cls(source, settings)
@@ -161,13 +171,16 @@ class Ranker:
             log.warning("no release loaded at start-up: %s", err.message)
         if follow:
             ranker._poller = asyncio.create_task(ranker._follow())
+            ranker._watcher = asyncio.create_task(ranker._watch())
         return ranker
 
     async def close(self) -> None:
         self._closing = True  # the poller also stops on this if a cancel is lost in a timeout race
-        if self._poller:
-            self._poller.cancel()
-            await asyncio.wait({self._poller}, timeout=CLOSE_WAIT_S)
+        tasks = {t for t in (self._poller, self._watcher) if t is not None}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_WAIT_S)
         with contextlib.suppress(ReaseqError):
             await self.source.clear_in_use(self.instance)
         if self._active:
@@ -180,8 +193,13 @@ class Ranker:
     # --- release following -------------------------------------------------------------------
 
     async def _follow(self) -> None:
+        """Check the pointer every poll interval, and at once when the source pushes a change;
+        polling never stops, since a push can be lost (a notification sent while reconnecting)."""
         while not self._closing:
-            await asyncio.sleep(self.settings.release_poll_interval_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.release_poll_interval_s):
+                    await self._pointer_moved.wait()
+            self._pointer_moved.clear()
             try:
                 await self.refresh()
                 if self._active is not None:
@@ -191,6 +209,13 @@ class Ranker:
                 log.warning("release pointer check failed: %s", err.message)
             except Exception:  # keep following whatever happens; the old release keeps serving
                 log.exception("release refresh crashed")
+
+    async def _watch(self) -> None:
+        """Run the source's pointer push (if it has one) for as long as the ranker follows."""
+        try:
+            await self.source.watch_pointer(self._pointer_moved.set)
+        except Exception:  # push is an optimisation: polling carries on without it
+            log.exception("release push stopped; polling only")
 
     async def refresh(self) -> bool:
         """Switch to the release the pointer names, if it differs and passes its checks.
@@ -235,7 +260,11 @@ class Ranker:
         if previous is not None:  # drains its in-flight requests, then frees its workers
             drain = asyncio.create_task(previous.drain_and_close())
             self._retiring[drain] = previous.manifest.release
-        metrics.record_switch(*candidate.versions, seconds=time.perf_counter() - started)
+        metrics.record_switch(
+            *candidate.versions,
+            seconds=time.perf_counter() - started,
+            created_at=candidate.manifest.created_at,
+        )
         log.info("switched release %s -> %s", current, target)
         return True
 
@@ -325,6 +354,15 @@ class Ranker:
         if release is None:
             raise self._not_ready()
         await release.features.ping()
+
+    async def ready_now(self) -> bool:
+        """What `/readyz` would answer now (any failure of the check is 503 there too); the
+        `reaseq_ready` gauge, refreshed at each scrape."""
+        try:
+            await self.check_ready()
+        except Exception:
+            return False
+        return True
 
     async def rank(self, query: RankQuery) -> RankResult:
         started = time.perf_counter()

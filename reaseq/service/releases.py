@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,10 +18,12 @@ from pathlib import Path
 import anyio
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 
 from reaseq.core import contract
 from reaseq.core.codec import VECTOR_DTYPE
@@ -43,6 +46,7 @@ from reaseq.core.release import (
     verify_release_files,
 )
 from reaseq.core.values import ValueVerifier, batched, canonical_names, verify_snapshot_values
+from reaseq.service import metrics
 from reaseq.service.backend import ModelBackend
 from reaseq.service.store import (
     STORE_ERRORS,
@@ -52,7 +56,15 @@ from reaseq.service.store import (
     store_error,
 )
 
+log = logging.getLogger(__name__)
+
 VERIFY_BATCH = 1000  # keys per SCAN page / MGET while a release's values are verified
+# pointer push (Redis keyspace notifications); polling stays the fallback throughout
+PUSH_EVENTS = "K$"  # notify-keyspace-events flags it needs: keyspace channels, string commands
+PUSH_BACKOFF_FIRST_S = 0.1  # wait before the first resubscribe attempt, doubled per failure ...
+PUSH_BACKOFF_MAX_S = 5.0  # ... up to this: an outage costs a few attempts, never a busy loop
+PUSH_PING_S = 5.0  # a PING on a quiet subscription this often; two unanswered drop the connection
+PUSH_RECHECK_S = 60.0  # how often a server that publishes no notifications is asked again
 
 BackendFactory = Callable[[bytes], ModelBackend]  # model file bytes -> a ready backend
 
@@ -147,6 +159,10 @@ class ReleaseSource(ABC):
     @abstractmethod
     async def clear_in_use(self, instance: str) -> None: ...
 
+    async def watch_pointer(self, moved: Callable[[], None]) -> None:
+        """Call `moved` whenever the pointer may have moved, until cancelled: a push that spares
+        the wait for the next poll. Sources that cannot push return at once (polling only)."""
+
     async def close(self) -> None:
         """Close connections."""
 
@@ -211,11 +227,22 @@ class EmbeddedReleaseSource(ReleaseSource):
 
 class RedisReleaseSource(ReleaseSource):
     """Releases as key families in Redis; the pointer is `<ns>:active` (`{<ns>}:active` on a
-    cluster, where value verification scans every master)."""
+    cluster, where value verification scans every master).
 
-    def __init__(self, client: aioredis.Redis | AsyncRedisCluster, keys: KeySchema) -> None:
+    With a `push_client`, `watch_pointer` subscribes to the pointer's keyspace channel on a
+    connection of its own; `configure_server` lets it turn the server's notifications on."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis | AsyncRedisCluster,
+        keys: KeySchema,
+        push_client: aioredis.Redis | None = None,
+        configure_server: bool = False,
+    ) -> None:
         self.client, self.keys = client, keys
         self.mget = async_mget(client)
+        self.push_client, self.configure_server = push_client, configure_server
+        self._said: set[str] = set()  # push problems already logged (each once per process)
 
     async def active_release(self) -> str | None:
         try:
@@ -288,8 +315,133 @@ class RedisReleaseSource(ReleaseSource):
             raise store_error(f"cannot read release {release}", err) from err
         verifier.finish()
 
+    # --- pointer push ----------------------------------------------------------------------
+
+    @property
+    def pointer_channel(self) -> str:
+        """The keyspace channel Redis publishes a SET of the pointer on."""
+        client = self.push_client or self.client
+        db = client.connection_pool.connection_kwargs.get("db", 0)
+        return f"__keyspace@{db}__:{self.keys.active}"
+
+    async def watch_pointer(self, moved: Callable[[], None]) -> None:
+        """Subscribe, call `moved` on each notification, and resubscribe with backoff whenever the
+        connection fails (a Redis restart included). Each (re)subscription calls `moved` once too:
+        a change made while unsubscribed was never pushed."""
+        if self.push_client is None:
+            return
+        wait, lost = PUSH_BACKOFF_FIRST_S, False
+        try:
+            while True:
+                try:
+                    if not await self._notifications_on():
+                        await asyncio.sleep(PUSH_RECHECK_S)
+                        continue
+                    async with self.push_client.pubsub() as pubsub:
+                        await pubsub.subscribe(self.pointer_channel)
+                        metrics.RELEASE_PUSH_SUBSCRIBED.set(1)
+                        again = " again" if lost else ""
+                        log.info("release push: subscribed%s to %s", again, self.pointer_channel)
+                        wait, lost = PUSH_BACKOFF_FIRST_S, False
+                        moved()
+                        await self._listen(pubsub, moved)
+                except ResponseError as err:  # refused (an ACL without channel rights, say)
+                    metrics.RELEASE_PUSH_SUBSCRIBED.set(0)
+                    self._once("refused", "release push refused by Redis (%s); polling only", err)
+                    await asyncio.sleep(PUSH_RECHECK_S)
+                except (RedisError, OSError, TimeoutError) as err:
+                    metrics.RELEASE_PUSH_SUBSCRIBED.set(0)
+                    if not lost:
+                        log.warning(
+                            "release push: no subscription (%s); polling meanwhile, "
+                            "resubscribing with backoff",
+                            str(err) or type(err).__name__,
+                        )
+                    lost = True
+                    log.debug("release push: next attempt in %.1f s", wait)
+                    await asyncio.sleep(wait)
+                    wait = min(2 * wait, PUSH_BACKOFF_MAX_S)
+        finally:
+            metrics.RELEASE_PUSH_SUBSCRIBED.set(0)
+
+    async def _listen(self, pubsub: PubSub, moved: Callable[[], None]) -> None:
+        """Until the connection fails. A quiet subscription is PINGed, and one that answers
+        nothing for two PING intervals is dropped: a half-open TCP connection raises no error."""
+        loop = asyncio.get_running_loop()
+        heard = pinged = loop.time()
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=PUSH_PING_S)
+            now = loop.time()
+            if message is not None:
+                heard = now
+                if message["type"] == "message":
+                    moved()
+            if now - heard >= 2 * PUSH_PING_S:
+                raise TimeoutError(f"the subscription answered nothing for {now - heard:.0f} s")
+            if now - pinged >= PUSH_PING_S:
+                await pubsub.ping()
+                pinged = now
+
+    async def _notifications_on(self) -> bool:
+        """Whether the server publishes SETs of the pointer. Only with `configure_server` does
+        the service add the missing flags; otherwise it says so once and polls."""
+        assert self.push_client is not None
+        try:
+            config = await self.push_client.config_get("notify-keyspace-events")
+        except ResponseError as err:  # CONFIG disabled or renamed (managed Redis): cannot tell
+            self._once(
+                "config-get",
+                "release push: cannot read notify-keyspace-events (%s); subscribing anyway, "
+                "polling stays the fallback",
+                err,
+            )
+            return True
+        flags = str(next(iter(config.values()), ""))
+        have = set(flags) | (set("$") if "A" in flags else set())
+        missing = "".join(f for f in PUSH_EVENTS if f not in have)
+        if not missing:
+            return True
+        if not self.configure_server:
+            self._once(
+                "off",
+                "release push: Redis publishes no keyspace notifications of the pointer "
+                "(notify-keyspace-events is %r, needs %r); polling only. Set it in the server's "
+                "config, or let the service set it: REASEQ_RELEASE_PUSH_CONFIGURE_SERVER=true",
+                flags,
+                PUSH_EVENTS,
+            )
+            return False
+        try:
+            await self.push_client.config_set("notify-keyspace-events", flags + missing)
+        except ResponseError as err:
+            self._once("config-set", "release push: cannot set notify-keyspace-events (%s)", err)
+            return False
+        log.info("release push: set the server's notify-keyspace-events to %r", flags + missing)
+        return True
+
+    def _once(self, key: str, message: str, *args: object) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            log.warning(message, *args)
+
     async def close(self) -> None:
         await self.client.aclose()
+        if self.push_client is not None:
+            await self.push_client.aclose()
+
+
+def make_push_client(url: str, password: str | None, timeout_s: float) -> aioredis.Redis:
+    """The pointer subscription's own client: no retries and no health checks of redis-py's,
+    so every failure reaches `watch_pointer`, which resubscribes (and checks the server's
+    notification config again, a restarted server may have lost it) and PINGs itself."""
+    return aioredis.Redis.from_url(
+        url,
+        password=password,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), retries=0),
+        health_check_interval=0,
+    )
 
 
 def make_redis_client(

@@ -43,6 +43,12 @@ class ServiceSettings(BaseSettings):
     redis_namespace: str = "reaseq"
     redis_timeout_s: float = Field(0.25, gt=0)  # socket connect/read timeout: fail fast, never hang
     release_poll_interval_s: float = Field(2.0, gt=0)  # how often the active pointer is checked
+    # "auto": with store = redis, also subscribe to keyspace notifications of the pointer and check
+    # it the moment it moves (polling stays as the fallback); "off": polling only
+    release_push: Literal["off", "auto"] = "auto"
+    # when the server's notify-keyspace-events lacks "K$", add them with CONFIG SET; off by default:
+    # the service never changes server config unless told to (it logs once and polls instead)
+    release_push_configure_server: bool = False
 
     # model backend
     backend: Literal["local", "triton"] = "local"  # in-process ONNX Runtime, or a Triton server

@@ -96,7 +96,8 @@ def test_the_alerts_the_operations_need_exist() -> None:
         "ReaseqTritonFallback": "reaseq_triton_fallback_total",
         "ReaseqReleaseRefused": "reaseq_releases_refused_total",
         "ReaseqReleaseFallback": "reaseq_release_fallback",
-        "ReaseqActiveReleaseOld": "time() - (reaseq_release_last_switch_timestamp_seconds",
+        "ReaseqActiveReleaseOld": "time() - (reaseq_active_release_created_timestamp_seconds",
+        "ReaseqNotReady": "reaseq_ready",
         "ReaseqReleaseSkew": "reaseq_active_release",
     }
     for alert, fragment in needs.items():

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from reaseq.service.query import MAX_ID_LENGTH
 from reaseq.service.settings import ServiceSettings
@@ -113,3 +114,13 @@ def largest_valid_request(settings: ServiceSettings, user_id: str) -> bytes:
         "deadline_ms": 2**32 - 1,
     }
     return json.dumps(payload, indent=1).encode()  # ensure_ascii (default): every escape spelled
+
+
+def scrape(proc: ServiceProcess, name: str) -> float:
+    """One label-free sample (`reaseq_ready`, a Histogram's `_sum`) of the server's /metrics."""
+    text = httpx.get(f"{proc.base_url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return sample.value
+    raise AssertionError(f"{name} is not in /metrics")
