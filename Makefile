@@ -25,7 +25,7 @@ run: setup  ## synthetic sample -> train -> export -> publish (embedded) -> serv
 	$(VENV)/bin/reaseq demo
 
 test: setup redis lint
-	REASEQ_REQUIRE_TRITON=1 $(PY) -m pytest -q
+	REASEQ_REQUIRE_TRITON=1 REASEQ_REQUIRE_FUXICTR=1 $(PY) -m pytest -q
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not e2e"
