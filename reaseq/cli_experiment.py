@@ -78,7 +78,10 @@ def experiment(
     ] = None,
     compare: Annotated[
         list[str] | None,
-        typer.Option(help="A:B, paired bootstrap of GAUC A - B, repeatable"),
+        typer.Option(
+            help="A:B, paired bootstrap of GAUC A - B, repeatable",
+            show_default="full:id+text, full:id",
+        ),
     ] = None,
     bootstrap: Annotated[int, typer.Option(help="user resamples per comparison", min=1)] = 1000,
     cost: Annotated[
