@@ -122,11 +122,11 @@ def experiment(
             cost=cost,
             makr_generate=makr_generate,
         )
-        result = run_experiment(cfg, log=console.log)
+        result = run_experiment(cfg, log=lambda msg: console.log(escape(msg)))
     except (ExperimentError, FileNotFoundError, ShippedKnowledgeError, LLMError, ValueError) as err:
         _fail(str(err))
         raise  # unreachable: _fail exits
-    console.print((result.out_dir / "report.md").read_text())
+    console.print((result.out_dir / "report.md").read_text(), markup=False)
     console.print(
         f"trained {len(result.trained)} runs, skipped {len(result.skipped)} finished ones; "
         f"report in {result.out_dir}"

@@ -22,18 +22,20 @@ Resumable and kill-safe: a run is trained into `runs/<variant>/.seed<k>.tmp-<pid
 first seed the serving cost). A finished run is skipped when its configuration key matches, and
 refused with a clear error when it does not (use another `--out`).
 
-Peers: another model trained on the same prepared samples, reported in the same tables.
+Peers: another model trained on the same prepared samples, reported in the same tables. A
+`PeerTrainer` is called as `trainer(data, reps, seed, out_dir, train)`: `data` is the Prepared
+dataset (fit on `split_samples(data, "train")`, stop early on "val", never read "test" labels),
+`reps` maps each kind named in `needs` to its [n_items, d] matrix (row = item row), `out_dir` is
+a folder kept with the run, `train` the ranker's TrainConfig (epochs, patience, max_behaviors:
+the budget to match). It returns `PeerPredictions`: click probabilities for the "test" and "val"
+frames of `split_samples`, row for row. With `calibrated=False` the runner fits the pipeline's
+calibration on the validation predictions, as it does for the ranker. Plugging one in:
 
-    from reaseq.offline.experiment import register_peer
-    from reaseq.offline.peers.fuxictr_din import train_fuxictr_din
-    register_peer("fuxictr-din", train_fuxictr_din, needs=("text",))
+    def fuxictr_din_text(data, reps, seed, out_dir, train) -> PeerPredictions:
+        r = train_fuxictr_din(data, reps["text"], seed, out_dir, epochs=train.epochs)
+        return PeerPredictions(r.predictions["test"], r.predictions["val"], calibrated=False)
 
-A `PeerTrainer` is called as `trainer(data, reps, seed, out_dir)`: `data` is the Prepared dataset
-(train on `split_samples(data, "train")` only, stop early on "val"), `reps` maps each kind named
-in `needs` to its [n_items, d] matrix (row = item row), `out_dir` is the run's folder (kept with
-the run). It returns `PeerPredictions`: click probabilities for `split_samples(data, "test")` and
-`"val"`, in those frames' row order. With `calibrated=False` the runner fits the pipeline's
-calibration on the validation predictions, as it does for the ranker.
+    register_peer("fuxictr-din+text", fuxictr_din_text, needs=("text",))
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ import pandas as pd
 from reaseq.offline.pipeline import PipelineConfig, apply_overrides, resolve_dataset
 from reaseq.offline.prepare import Prepared
 from reaseq.offline.representations import representation_kind, uses_gbr
+from reaseq.offline.train import TrainConfig
 
 RESULT_FILE = "result.json"
 TEST_PRED_FILE = "test_pred.npy"
@@ -114,7 +117,12 @@ class PeerPredictions:
 
 class PeerTrainer(Protocol):
     def __call__(
-        self, data: Prepared, reps: Mapping[str, np.ndarray], seed: int, out_dir: Path
+        self,
+        data: Prepared,
+        reps: Mapping[str, np.ndarray],
+        seed: int,
+        out_dir: Path,
+        train: TrainConfig,
     ) -> PeerPredictions: ...
 
 
@@ -370,37 +378,36 @@ class Experiment:
         from reaseq.offline.prepare import prepare
 
         pipe = self.cfg.pipeline
-        name, path = resolve_dataset(pipe.dataset, pipe.artifacts_dir / "synthetic")
-        self.work = pipe.artifacts_dir / name
+        dataset, path = resolve_dataset(pipe.dataset, pipe.artifacts_dir / "synthetic")
+        self.work = pipe.artifacts_dir / dataset
         self.out = self.cfg.out_dir or self.work / "experiment"
-        raw = load_dataset(path, name=name)
+        raw = load_dataset(path, name=dataset)
         self.data = prepare(raw, pipe.prepare)
         self.fingerprint = data_fingerprint(self.data)
-        self._open_folder(name)
+        self._open_folder(dataset)
 
         keys = {  # before anything runs: no stage can change a configuration it hashes
             (name, seed): run_key(relevant_config(self.configs[name], v), seed, self.fingerprint)
             for name, v in self.variants.items()
             for seed in self.cfg.seeds
         }
-        trained, skipped, failed = [], [], {}
-        for variant_name, variant in self.variants.items():
-            for seed in self.cfg.seeds:
-                done = self._run_dir(variant_name, seed)
-                key = keys[(variant_name, seed)]
-                if (done / RESULT_FILE).exists():
-                    self._check_finished(done, key)
-                    skipped.append((variant_name, seed))
-                    continue
-                self.log(f"[{variant_name} seed {seed}] training")
-                try:
-                    self._train(variant_name, variant, seed, key)
-                except Exception as err:  # the other runs go on; a rerun retries this one
-                    reason = f"{type(err).__name__}: {err}"
-                    failed[f"{variant_name}/{seed}"] = reason
-                    self.log(f"[{variant_name} seed {seed}] FAILED {reason}")
-                    continue
-                trained.append((variant_name, seed))
+        finished = {run for run in keys if (self._run_dir(*run) / RESULT_FILE).exists()}
+        for run in sorted(finished):  # refuse a mismatch before training anything
+            self._check_finished(self._run_dir(*run), keys[run])
+        trained, failed = [], {}
+        for run, key in keys.items():
+            if run in finished:
+                continue
+            name, seed = run
+            self.log(f"[{name} seed {seed}] training")
+            try:
+                self._train(name, self.variants[name], seed, key)
+            except Exception as err:  # the other runs go on; a rerun retries this one
+                failed[f"{name}/{seed}"] = f"{type(err).__name__}: {err}"
+                self.log(f"[{name} seed {seed}] FAILED {failed[f'{name}/{seed}']}")
+                continue
+            trained.append(run)
+        skipped = [run for run in keys if run in finished]
 
         from reaseq.offline.experiment_report import build_report, write_report
 
@@ -555,7 +562,7 @@ class Experiment:
         for kind in peer.needs:
             reps[kind], upstream[f"representation_{kind}"] = self.representation(kind, cfg)
         started = time.perf_counter()
-        got = peer.trainer(self.data, reps, seed, out / "peer")
+        got = peer.trainer(self.data, reps, seed, out / "peer", deepcopy(cfg.train))
         seconds = time.perf_counter() - started
         frames = {s: split_samples(self.data, s) for s in ("val", "test")}
         preds = {"test": got.test, "val": got.val}

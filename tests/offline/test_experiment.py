@@ -30,17 +30,19 @@ from reaseq.offline.experiment_report import (
     user_history_buckets,
 )
 from reaseq.offline.prepare import Prepared
+from reaseq.offline.train import TrainConfig
 
 VARIANTS = ("id", "id+text", "id+text+gbr", "train-popularity")
 SEEDS = (0, 1)
 
 
 def train_popularity_peer(
-    data: Prepared, reps: Mapping[str, np.ndarray], seed: int, out_dir: Path
+    data: Prepared, reps: Mapping[str, np.ndarray], seed: int, out_dir: Path, train: TrainConfig
 ) -> PeerPredictions:
     """A real (if weak) peer: the candidate's train-sample click count, squashed to (0, 1) and
     left uncalibrated, so the runner calibrates it on validation."""
     assert "text" in reps and reps["text"].shape[0] == data.n_items
+    assert train.epochs == 1  # the experiment's budget reaches the peer
     train = split_samples(data, "train")
     clicks = np.bincount(train["item_row"], weights=train["label"], minlength=data.n_items)
     score = np.log1p(clicks)
