@@ -49,7 +49,7 @@ from collections.abc import Callable, Mapping
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
@@ -58,6 +58,10 @@ from reaseq.offline.pipeline import PipelineConfig, apply_overrides, resolve_dat
 from reaseq.offline.prepare import Prepared
 from reaseq.offline.representations import representation_kind, uses_gbr
 from reaseq.offline.train import TrainConfig
+
+if TYPE_CHECKING:
+    from reaseq.models.ranker import Ranker
+    from reaseq.offline.gbr.fill import FilledHistories
 
 RESULT_FILE = "result.json"
 TEST_PRED_FILE = "test_pred.npy"
@@ -173,6 +177,8 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ExperimentError("seeds: at least one, no repeats")
+        if self.bootstrap < 1 or self.popularity_buckets < 1 or self.latency_seconds <= 0:
+            raise ExperimentError("bootstrap and popularity_buckets >= 1, latency_seconds > 0")
 
 
 def resolve_variants(names: tuple[str, ...]) -> dict[str, Variant]:
@@ -296,7 +302,7 @@ class Experiment:
         base.makr.generate = cfg.makr_generate
         self.configs = {name: variant_config(base, v, name) for name, v in self.variants.items()}
         self._reps: dict[str, tuple[np.ndarray, dict] | Exception] = {}
-        self._gbr: dict[str, tuple[object, dict] | Exception] = {}
+        self._gbr: dict[str, tuple[FilledHistories, dict] | Exception] = {}
 
     # -- stages, cached in memory for this process -------------------------------------------
     def representation(self, kind: str, cfg: PipelineConfig) -> tuple[np.ndarray, dict]:
@@ -336,7 +342,7 @@ class Experiment:
         self.log(f"representation {kind} {reps.shape} {json.dumps(info)}")
         return reps, info
 
-    def gbr(self, kind: str, reps: np.ndarray, cfg: PipelineConfig) -> tuple[object, dict]:
+    def gbr(self, kind: str, reps: np.ndarray, cfg: PipelineConfig) -> tuple[FilledHistories, dict]:
         """(FilledHistories, info: GBR training and fill seconds)."""
         key = json.dumps(
             [kind, reps_fingerprint(reps), asdict(cfg.gbr), cfg.train.ranker.max_behaviors],
@@ -352,7 +358,9 @@ class Experiment:
             raise got
         return got
 
-    def _run_gbr(self, kind: str, reps: np.ndarray, cfg: PipelineConfig) -> tuple[object, dict]:
+    def _run_gbr(
+        self, kind: str, reps: np.ndarray, cfg: PipelineConfig
+    ) -> tuple[FilledHistories, dict]:
         from reaseq.offline.gbr.job import run_gbr
         from reaseq.offline.gbr.train import REPORT_FILE as TRAIN_REPORT
 
@@ -391,9 +399,9 @@ class Experiment:
             for name, v in self.variants.items()
             for seed in self.cfg.seeds
         }
-        finished = {run for run in keys if (self._run_dir(*run) / RESULT_FILE).exists()}
+        finished = {run for run in keys if (self.run_dir(*run) / RESULT_FILE).exists()}
         for run in sorted(finished):  # refuse a mismatch before training anything
-            self._check_finished(self._run_dir(*run), keys[run])
+            self._check_finished(self.run_dir(*run), keys[run])
         trained, failed = [], {}
         for run, key in keys.items():
             if run in finished:
@@ -435,7 +443,7 @@ class Experiment:
         for stale in (self.out / RUNS_DIR).glob("*/.seed*.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)  # runs killed before they finished
 
-    def _run_dir(self, variant: str, seed: int) -> Path:
+    def run_dir(self, variant: str, seed: int) -> Path:
         return self.out / RUNS_DIR / variant / f"seed{seed}"
 
     def _check_finished(self, done: Path, key: str) -> None:
@@ -447,7 +455,7 @@ class Experiment:
             )
 
     def _train(self, name: str, variant: Variant, seed: int, key: str) -> None:
-        final = self._run_dir(name, seed)
+        final = self.run_dir(name, seed)
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -485,7 +493,8 @@ class Experiment:
             reps, upstream["representation"] = self.representation(kind, cfg)
         histories = None
         if uses_gbr(variant.features):
-            histories, upstream["gbr"] = self.gbr(kind, reps, cfg)  # type: ignore[arg-type]
+            assert kind is not None and reps is not None  # uses_gbr implies a representation
+            histories, upstream["gbr"] = self.gbr(kind, reps, cfg)
         train_cfg = deepcopy(cfg.train)
         train_cfg.features, train_cfg.seed = variant.features, seed
         result = train_ranker(
@@ -493,7 +502,7 @@ class Experiment:
             reps,
             train_cfg,
             on_epoch=lambda row: self.log(f"[{name} seed {seed}] " + _fmt(row)),
-            histories=histories,  # type: ignore[arg-type]
+            histories=histories,
         )
         np.save(out / TEST_PRED_FILE, result.predictions["test"])
         np.save(out / VAL_PRED_FILE, result.predictions["val"])
@@ -515,7 +524,9 @@ class Experiment:
             record["cost"] = self._serving_cost(result.model, variant.features, histories, out)
         return record
 
-    def _serving_cost(self, model, features: str, histories, out: Path) -> dict:
+    def _serving_cost(
+        self, model: Ranker, features: str, histories: FilledHistories | None, out: Path
+    ) -> dict:
         """Export the run's model as a release, publish it into an empty embedded store, and
         time the model alone in the service's ONNX Runtime backend (1 thread, one request of
         200 candidates x 100 behaviors per call). Keeps model.onnx, drops the snapshot."""

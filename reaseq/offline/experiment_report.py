@@ -192,7 +192,7 @@ def _load_runs(exp: Experiment) -> dict[str, list[dict]]:
     for name in exp.variants:
         runs[name] = []
         for seed in exp.cfg.seeds:
-            folder = exp._run_dir(name, seed)
+            folder = exp.run_dir(name, seed)
             if (folder / RESULT_FILE).exists():
                 record = json.loads((folder / RESULT_FILE).read_text())
                 record["_pred"] = np.load(folder / TEST_PRED_FILE)
