@@ -30,6 +30,7 @@ from rich.progress import (
 )
 
 from reaseq.cli_bench import bench_matrix, bench_model, bench_store
+from reaseq.cli_experiment import experiment
 from reaseq.cli_gbr import gbr_app
 from reaseq.cli_makr import makr_app
 from reaseq.cli_triton import triton_app
@@ -47,6 +48,7 @@ app.add_typer(triton_app, name="triton")
 app.command("bench-matrix")(bench_matrix)
 app.command("bench-model")(bench_model)
 app.command("bench-store")(bench_store)
+app.command("experiment")(experiment)
 console = Console()
 err_console = Console(stderr=True)  # errors and "which store" lines: stdout stays parseable
 

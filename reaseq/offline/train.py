@@ -57,6 +57,9 @@ class TrainResult:
     seconds: float
     calibration: Calibration = field(default_factory=lambda: Calibration("none"))
     reliability: dict[str, list[dict]] = field(default_factory=dict)  # test, per calibration
+    # calibrated click probabilities per split ("val", "test"), in the order of the split's rows
+    # of `data.samples` (what experiments bootstrap and bucket)
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Histories(Protocol):
@@ -199,7 +202,7 @@ def train_ranker(
     calibration = fit_calibration(val_logits, val.samples["label"].to_numpy(), cfg.calibration)
     set_calibration(model, calibration)
 
-    metrics, curves = {}, {}
+    metrics, curves, predictions = {}, {}, {}
     for split in ("val", "test"):
         t = _tensors(data, split, rcfg.max_behaviors, histories)
         users, labels = t.samples["user_row"].to_numpy(), t.samples["label"].to_numpy()
@@ -207,11 +210,14 @@ def train_ranker(
         before, after = sigmoid(logits), calibration.probabilities(logits)
         metrics[split] = ctr_metrics(users, labels, after)
         metrics[f"{split}_uncalibrated"] = ctr_metrics(users, labels, before)
+        predictions[split] = after
         if split == "test":
             curves = {"uncalibrated": reliability(labels, before)}
             curves[f"calibrated ({calibration.method})"] = reliability(labels, after)
     seconds = time.perf_counter() - start
-    return TrainResult(model, metrics, history, best_epoch, seconds, calibration, curves)
+    return TrainResult(
+        model, metrics, history, best_epoch, seconds, calibration, curves, predictions
+    )
 
 
 def set_calibration(model: Ranker, calibration: Calibration) -> None:
