@@ -99,8 +99,13 @@ def experiment(
     )
     from reaseq.offline.makr.job import ShippedKnowledgeError
     from reaseq.offline.makr.llm import LLMError
+    from reaseq.offline.peers.fuxictr_din import register_experiment_peers
     from reaseq.offline.pipeline import PipelineConfig, load_pipeline_config
 
+    if not register_experiment_peers():
+        err_console.print(
+            "fuxictr is not installed: no FuxiCTR peer rows (pip install -e '.[peers]')"
+        )
     try:
         pipe = load_pipeline_config(config) if config else PipelineConfig()
         pipe.dataset = dataset

@@ -195,7 +195,7 @@ def _load_runs(exp: Experiment) -> dict[str, list[dict]]:
             folder = exp.run_dir(name, seed)
             if (folder / RESULT_FILE).exists():
                 record = json.loads((folder / RESULT_FILE).read_text())
-                record["_pred"] = np.load(folder / TEST_PRED_FILE)
+                record["_pred"] = np.load(folder / TEST_PRED_FILE, allow_pickle=False)
                 runs[name].append(record)
     return runs
 

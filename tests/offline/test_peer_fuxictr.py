@@ -131,3 +131,29 @@ def test_importing_the_adapter_does_not_import_fuxictr() -> None:
         "assert not {'fuxictr', 'ray', 'model_zoo'} & set(sys.modules), sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy())
+
+
+def test_the_experiment_reports_both_fuxictr_rows(tmp_path: Path) -> None:
+    """`reaseq experiment` gets the peer rows by registration: trained with the ranker's epoch
+    budget, calibrated on validation, in the same report."""
+    require_fuxictr()
+    from dataclasses import replace
+
+    from reaseq.offline.experiment import PEERS, run_experiment
+    from reaseq.offline.peers.fuxictr_din import register_experiment_peers
+    from tests.offline.test_experiment import tiny_config
+
+    assert register_experiment_peers()
+    try:
+        cfg = tiny_config(tmp_path / "artifacts", tmp_path / "out")
+        cfg = replace(cfg, variants=("fuxictr-din", "fuxictr-din+text"), seeds=(0,), comparisons=())
+        result = run_experiment(cfg, log=lambda _msg: None)
+    finally:
+        PEERS.pop("fuxictr-din", None)
+        PEERS.pop("fuxictr-din+text", None)
+    assert not result.failed
+    report = (result.out_dir / "report.md").read_text()
+    assert "fuxictr-din+text" in report and "fuxictr-din " in report
+    for variant in ("fuxictr-din", "fuxictr-din+text"):
+        run = json.loads((result.out_dir / "runs" / variant / "seed0" / "result.json").read_text())
+        assert 0.0 < run["metrics"]["test"]["auc"] < 1.0, run

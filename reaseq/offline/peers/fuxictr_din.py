@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for data and checkpoint")
     args = parser.parse_args(argv)
     data = Prepared.load(args.prepared)
-    reps = np.load(args.reps) if args.reps else None
+    reps = np.load(args.reps, allow_pickle=False) if args.reps else None
     result = train_fuxictr_din(data, reps, args.seed, args.out, args.epochs, features=args.features)
     print(
         json.dumps(
@@ -398,3 +398,38 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def register_experiment_peers() -> bool:
+    """Make `fuxictr-din` (IDs) and `fuxictr-din+text` (IDs + the text representation) variants
+    of `reaseq experiment`, with the ranker's epoch budget; False (nothing registered) where
+    fuxictr is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("fuxictr") is None:
+        return False
+    from reaseq.offline.experiment import PeerPredictions, register_peer
+
+    def trainer(kind: str | None):
+        def train(data, reps, seed, out_dir, train_cfg) -> PeerPredictions:
+            result = train_fuxictr_din(
+                data, reps[kind] if kind else None, seed, out_dir, epochs=train_cfg.epochs
+            )
+            return PeerPredictions(
+                result.predictions["test"],
+                result.predictions["val"],
+                calibrated=False,
+                best_epoch=result.best_epoch,
+                info={"train_s": result.seconds},
+            )
+
+        return train
+
+    register_peer("fuxictr-din", trainer(None), note="FuxiCTR 2.3.10 DIN, IDs")
+    register_peer(
+        "fuxictr-din+text",
+        trainer("text"),
+        needs=("text",),
+        note="FuxiCTR 2.3.10 DIN, IDs + the text representation (frozen)",
+    )
+    return True
