@@ -29,7 +29,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from reaseq.cli_bench import bench_matrix, bench_model
+from reaseq.cli_bench import bench_matrix, bench_model, soak
 from reaseq.cli_gbr import gbr_app
 from reaseq.cli_makr import makr_app
 from reaseq.cli_triton import triton_app
@@ -46,6 +46,7 @@ app.add_typer(gbr_app, name="gbr")
 app.add_typer(triton_app, name="triton")
 app.command("bench-matrix")(bench_matrix)
 app.command("bench-model")(bench_model)
+app.command("soak")(soak)
 console = Console()
 err_console = Console(stderr=True)  # errors and "which store" lines: stdout stays parseable
 
