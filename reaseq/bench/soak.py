@@ -499,6 +499,10 @@ def _rss_report(cfg: SoakConfig, rss: Sequence[tuple[float, int]], end: float) -
     if not first or not last:
         return {"growth_pct": None, "samples": len(rss)}
     base, final = float(np.median(first)), float(np.median(last))
+    # a leak keeps climbing, warm-up (allocator arenas, a second release's model) levels off:
+    # the slope of the last third says which, beside the growth figure
+    late = np.array([(t, b) for t, b in rss if t >= end * 2 / 3], dtype=np.float64)
+    slope = float(np.polyfit(late[:, 0] / 60, late[:, 1] / 2**20, 1)[0]) if len(late) > 2 else None
     return {
         "first_window_s": [round(cfg.warmup, 1), round(cfg.warmup + cfg.rss_window, 1)],
         "last_window_s": [round(end - cfg.rss_window, 1), round(end, 1)],
@@ -506,6 +510,7 @@ def _rss_report(cfg: SoakConfig, rss: Sequence[tuple[float, int]], end: float) -
         "last_median_mib": round(final / 2**20, 1),
         "max_mib": round(max(b for _, b in rss) / 2**20, 1),
         "growth_pct": round(100 * (final - base) / base, 2),
+        "last_third_mib_per_min": round(slope, 3) if slope is not None else None,
         "samples": len(rss),
     }
 

@@ -77,6 +77,11 @@ def headline(report: dict[str, Any]) -> list[str]:
             f"{rss['first_window_s'][0]:.0f}-{rss['first_window_s'][1]:.0f} s) -> "
             f"{rss['last_median_mib']:.1f} MiB ({rss['last_window_s'][0]:.0f}-"
             f"{rss['last_window_s'][1]:.0f} s): {growth}; max {rss['max_mib']:.1f} MiB"
+            + (
+                f"; last third {slope:+.2f} MiB/min"
+                if (slope := rss["last_third_mib_per_min"]) is not None
+                else ""
+            )
         )
     verdict = "PASSED" if report["passed"] else "FAILED: " + "; ".join(report["failures"])
     return [*lines, verdict]

@@ -158,9 +158,8 @@ def test_an_unclear_error_in_a_window_a_missing_switch_and_rss_growth_fail(
     report = analyse(_cfg(tmp_path), _run(stuck + timeout, rss_end_mib=110.0), A, B)
     assert report["errors_outside_windows"] == 1
     assert report["windows"][1]["unclear_errors"] == 1
-    assert report["rss"]["growth_pct"] == pytest.approx(
-        7.29, abs=0.01
-    )  # medians 101.75 -> 109.17 MiB
+    assert report["rss"]["growth_pct"] == pytest.approx(7.29, abs=0.01)  # 101.75 -> 109.17 MiB
+    assert report["rss"]["last_third_mib_per_min"] == pytest.approx(10.0, abs=0.01)
     reasons = " | ".join(report["failures"])
     assert "1 errors outside" in reasons and "not UNAVAILABLE" in reasons and "RSS grew" in reasons
 
