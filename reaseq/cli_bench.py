@@ -180,7 +180,8 @@ def soak(
         int, typer.Option(help="requests in flight, half gRPC and half HTTP")
     ] = 8,
     out: Annotated[
-        Path, typer.Option(help="report folder: soak.json, soak.md, requests.csv, rss.csv, logs/")
+        Path,
+        typer.Option(help="report folder: soak.json, soak.md, requests.csv, server.csv, logs/"),
     ] = Path("artifacts/soak"),
     outage: Annotated[str, typer.Option(help="how long redis-server stays killed")] = "5s",
     think_ms: Annotated[

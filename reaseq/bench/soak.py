@@ -11,7 +11,8 @@ load (a release switch, a store restart), and memory that creeps. So the soak
 3. at `switch_at` of the run publishes release B and activates it, as an operator does
    (`reaseq publish --no-activate`, then `reaseq release activate`, each its own process);
 4. at `kill_at` SIGKILLs redis-server and restarts it on the same port `outage_s` later;
-5. samples the server's resident memory every `rss_interval_s`.
+5. samples the server's resident memory and CPU time every `rss_interval_s` (CPU per request
+   tells a slower server from a busier machine: the soak shares its CPUs with the server).
 
 The analysis (`analyse`) is pure: records and event times in, the report out. Errors inside the
 two fault windows are expected and reported apart (they must be fast, clear UNAVAILABLE / 503);
@@ -221,24 +222,30 @@ async def _http_caller(base_url: str, timeout_s: float, connections: int):  # ->
     return call, client
 
 
-def read_rss(pid: int) -> int | None:
-    """Resident memory of a process in bytes (psutil if installed, else /proc), None if gone."""
+def read_usage(pid: int) -> tuple[int, float] | None:
+    """(resident bytes, CPU seconds used so far) of a process (psutil if installed, else
+    /proc), None once it is gone."""
     try:
         import psutil
-
+    except ImportError:
+        psutil = None
+    if psutil is not None:
         try:
-            return int(psutil.Process(pid).memory_info().rss)
+            process = psutil.Process(pid)
+            with process.oneshot():
+                times = process.cpu_times()
+                return int(process.memory_info().rss), times.user + times.system
         except psutil.Error:
             return None
-    except ImportError:
-        pass
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return None
+    rss = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat
+    return rss, ticks / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -248,6 +255,7 @@ class SoakRun:
     records: list[Record] = field(default_factory=list)
     events: dict[str, float] = field(default_factory=dict)  # name -> s from the load's start
     rss: list[tuple[float, int]] = field(default_factory=list)  # (s, bytes)
+    cpu: list[tuple[float, float]] = field(default_factory=list)  # (s, server CPU s so far)
     duration_s: float = 0.0
     server_exit: int | None = None  # the server's exit code, if it died during the run
 
@@ -372,9 +380,10 @@ class Soak:
         async def sample_memory() -> None:
             pid = self.server.proc.pid
             while perf_counter() < end:
-                rss = read_rss(pid)
-                if rss is not None:
-                    run.rss.append((now(), rss))
+                usage = read_usage(pid)
+                if usage is not None:
+                    run.rss.append((now(), usage[0]))
+                    run.cpu.append((now(), usage[1]))
                 if self.server.proc.poll() is not None and run.server_exit is None:
                     run.server_exit = self.server.proc.returncode
                     run.events["server_exited"] = now()
@@ -457,10 +466,25 @@ def _latency_ms(records: Sequence[Record]) -> dict[str, float | None]:
     return {"p50_ms": round(float(p50), 2), "p99_ms": round(float(p99), 2)}
 
 
-def _phase(name: str, start: float, end: float, records: Sequence[Record]) -> dict[str, Any]:
+def _server_cpu_s(cpu: Sequence[tuple[float, float]], start: float, end: float) -> float | None:
+    """Server CPU seconds spent between two times (interpolated between samples)."""
+    if len(cpu) < 2 or end <= cpu[0][0] or start >= cpu[-1][0]:
+        return None
+    times, used = zip(*cpu, strict=True)
+    return float(np.interp(end, times, used) - np.interp(start, times, used))
+
+
+def _phase(
+    name: str,
+    start: float,
+    end: float,
+    records: Sequence[Record],
+    cpu: Sequence[tuple[float, float]],
+) -> dict[str, Any]:
     inside = [r for r in records if start <= r.end < end]  # where it ended, as in windows
     span = max(end - start, 1e-9)
     errors = [r for r in inside if r.code != OK]
+    cpu_s = _server_cpu_s(cpu, start, end)
     return {
         "phase": name,
         "start_s": round(start, 2),
@@ -473,6 +497,10 @@ def _phase(name: str, start: float, end: float, records: Sequence[Record]) -> di
         "http": _latency_ms([r for r in inside if r.transport == "http"]),
         "all": _latency_ms(inside),
         "releases": dict(Counter(r.release for r in inside if r.code == OK)),
+        "server_cpu_pct": round(100 * cpu_s / span, 1) if cpu_s is not None else None,
+        "server_cpu_ms_per_request": round(1000 * cpu_s / len(inside), 2)
+        if cpu_s is not None and inside
+        else None,
     }
 
 
@@ -548,7 +576,7 @@ def analyse(cfg: SoakConfig, run: SoakRun, release_a: str, release_b: str) -> di
         bounds += [(window.name, window.start), (after, window.end)]
     bounds.append(("", end))
     phases = [  # a phase squeezed out by overlapping windows is left out
-        _phase(name, start, bounds[i + 1][1], records)
+        _phase(name, start, bounds[i + 1][1], records, run.cpu)
         for i, (name, start) in enumerate(bounds[:-1])
         if bounds[i + 1][1] > start
     ]
@@ -604,8 +632,9 @@ def analyse(cfg: SoakConfig, run: SoakRun, release_a: str, release_b: str) -> di
 
 
 def write_records(run: SoakRun, out: Path) -> list[Path]:
-    """Every request and every memory sample as CSV, for a look beyond the report."""
-    requests, rss = out / "requests.csv", out / "rss.csv"
+    """Every request and every sample of the server (RSS, CPU) as CSV, for a look beyond the
+    report."""
+    requests, server = out / "requests.csv", out / "server.csv"
     with requests.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["start_s", "latency_ms", "transport", "code", "detail", "release"])
@@ -620,8 +649,10 @@ def write_records(run: SoakRun, out: Path) -> list[Path]:
                     r.release,
                 ]
             )
-    with rss.open("w", newline="") as f:
+    with server.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["t_s", "rss_bytes"])
-        writer.writerows((f"{t:.2f}", b) for t, b in run.rss)
-    return [requests, rss]
+        writer.writerow(["t_s", "rss_bytes", "cpu_s"])
+        writer.writerows(
+            (f"{t:.2f}", b, f"{c:.3f}") for (t, b), (_, c) in zip(run.rss, run.cpu, strict=True)
+        )
+    return [requests, server]

@@ -15,6 +15,11 @@ def _ms(figures: dict[str, float | None]) -> str:
     return "-" if p50 is None or p99 is None else f"{p50:.1f} / {p99:.1f}"
 
 
+def _cpu(phase: dict[str, Any]) -> str:
+    pct, per_request = phase["server_cpu_pct"], phase["server_cpu_ms_per_request"]
+    return "-" if pct is None or per_request is None else f"{pct:.0f} ({per_request:.1f})"
+
+
 def _codes(codes: dict[str, int]) -> str:
     return ", ".join(f"{code} x{n}" for code, n in sorted(codes.items())) or "-"
 
@@ -32,6 +37,7 @@ PHASE_COLUMNS = (
     "errors",
     "gRPC p50 / p99 ms",
     "HTTP p50 / p99 ms",
+    "server CPU % (ms/req)",
     "releases served",
 )
 
@@ -45,6 +51,7 @@ def _phase_row(phase: dict[str, Any], report: dict[str, Any]) -> list[str]:
         _codes(phase["error_codes"]) if phase["errors"] else "0",
         _ms(phase["grpc"]),
         _ms(phase["http"]),
+        _cpu(phase),
         _releases(phase["releases"], report),
     ]
 

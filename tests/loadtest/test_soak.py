@@ -27,7 +27,6 @@ CLEAR_OUTAGE_CODES = {"UNAVAILABLE", "HTTP 503 feature_store_unavailable"}
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(150)
 def test_short_soak_has_no_errors_outside_the_fault_windows(
     pipeline_run, second_release: Path, tmp_path: Path
 ) -> None:
@@ -58,7 +57,7 @@ def test_short_soak_has_no_errors_outside_the_fault_windows(
     assert set(outage["error_codes"]) <= CLEAR_OUTAGE_CODES, outage["error_codes"]
     assert outage["first_ok_after_restart_s"] is not None, outage
     assert report["rss"]["growth_pct"] is not None and report["rss"]["samples"] >= 30
-    for name in ("soak.md", "requests.csv", "rss.csv", "logs/reaseq-serve.log"):
+    for name in ("soak.md", "requests.csv", "server.csv", "logs/reaseq-serve.log"):
         assert (out / name).is_file(), name
     print(output[-3000:])  # the table and the headline, for `pytest -rP`
 
@@ -107,9 +106,10 @@ def _steady(start: float, end: float, release: str, step: float = 0.1) -> list[R
 def _run(extra: list[Record], rss_end_mib: float = 100.0) -> SoakRun:
     records = _steady(0, 25, A) + _steady(25, 60, B) + extra
     rss = [(float(t), int((100 + (rss_end_mib - 100) * t / 60) * 2**20)) for t in range(61)]
+    cpu = [(float(t), 0.5 * t) for t in range(61)]  # the server busy half the time
     events = {"activate_start": 20.0, "activate_end": 21.0, "redis_kill": 40.0}
     events |= {"redis_restart": 43.0, "redis_ready": 43.5}
-    return SoakRun(records=records, events=events, rss=rss, duration_s=60.0)
+    return SoakRun(records=records, events=events, rss=rss, cpu=cpu, duration_s=60.0)
 
 
 def test_errors_count_where_they_ended_and_only_outside_windows_fail(tmp_path: Path) -> None:
@@ -148,6 +148,8 @@ def test_phases_name_the_release_they_served(tmp_path: Path) -> None:
     assert phases["release switch"]["releases"] == {A: 50, B: 21}  # 20-27.09 s
     assert phases["release B"]["releases"] == {B: 129}  # 27.09-40 s
     assert phases["after recovery"]["releases"] == {B: 115}  # 48.5-60 s
+    assert phases["release A"]["server_cpu_pct"] == 50.0
+    assert phases["release A"]["server_cpu_ms_per_request"] == 50.0  # 7 s of CPU, 140 answers
 
 
 def test_an_unclear_error_in_a_window_a_missing_switch_and_rss_growth_fail(
@@ -167,3 +169,17 @@ def test_an_unclear_error_in_a_window_a_missing_switch_and_rss_growth_fail(
     assert any("never served" in f for f in never_b["failures"])
     loose = analyse(_cfg(tmp_path, max_rss_growth_pct=10.0), _run([], 110.0), A, B)
     assert loose["passed"], loose["failures"]
+
+
+def test_server_usage_reads_the_same_from_proc_as_from_psutil(monkeypatch) -> None:
+    """Where psutil is not installed (it comes with locust, a dev extra) /proc answers."""
+    import os
+
+    from reaseq.bench.soak import read_usage
+
+    rss, cpu = read_usage(os.getpid())
+    monkeypatch.setitem(sys.modules, "psutil", None)  # `import psutil` now raises ImportError
+    proc_rss, proc_cpu = read_usage(os.getpid())
+    assert proc_rss == pytest.approx(rss, rel=0.1)
+    assert proc_cpu == pytest.approx(cpu, abs=0.5) and proc_cpu > 0
+    assert read_usage(2**22 + 1) is None  # above pid_max's default: no such process
