@@ -31,7 +31,7 @@ import shutil
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -264,6 +264,11 @@ class Soak:
     """The processes of one soak and the order things happen in."""
 
     def __init__(self, cfg: SoakConfig, log: Callable[[str], None]) -> None:
+        # absolute paths: the server and the publish commands run in the log folder
+        export_b = cfg.export_b.resolve() if cfg.export_b else None
+        cfg = replace(
+            cfg, export_a=cfg.export_a.resolve(), export_b=export_b, out=cfg.out.resolve()
+        )
         self.cfg, self.log = cfg, log
         self.logs = cfg.out / "logs"
         self.redis = RedisProcess(cfg.out / "redis")

@@ -183,3 +183,16 @@ def test_server_usage_reads_the_same_from_proc_as_from_psutil(monkeypatch) -> No
     assert proc_rss == pytest.approx(rss, rel=0.1)
     assert proc_cpu == pytest.approx(cpu, abs=0.5) and proc_cpu > 0
     assert read_usage(2**22 + 1) is None  # above pid_max's default: no such process
+
+
+def test_soak_refuses_a_bad_duration_or_a_missing_export_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from reaseq.cli import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["soak", str(tmp_path), "--duration", "ten minutes"])
+    assert bad.exit_code == 2 and "a duration is a number" in bad.output, bad.output
+    missing = runner.invoke(app, ["soak", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert missing.exit_code == 2 and "error:" in missing.output, missing.output
+    assert not (tmp_path / "o" / "redis").exists()  # refused before any process started
