@@ -28,6 +28,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -260,6 +261,11 @@ class SoakRun:
     server_exit: int | None = None  # the server's exit code, if it died during the run
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    """SIGTERM ends a soak like Ctrl-C: the redis-server and service it started are stopped."""
+    raise SystemExit(128 + signum)
+
+
 class Soak:
     """The processes of one soak and the order things happen in."""
 
@@ -320,6 +326,7 @@ class Soak:
         if release_a == release_b:
             raise ValueError(f"both exports are release {release_a}: nothing would switch")
         ids = shared_ids(cfg.export_a, export_b, cfg.traffic.seed)
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so `finally` stops them
         try:
             self.redis.start()
             self.log(f"redis-server on {self.redis.url} (append-only file in {self.redis.workdir})")
@@ -349,6 +356,7 @@ class Soak:
             if self.server is not None:
                 self.server.stop()
             self.redis.stop()
+            signal.signal(signal.SIGTERM, previous)
         return run, release_a, release_b
 
     async def _load(self, ids: ReleaseIds, export_b: Path, release_b: str) -> SoakRun:

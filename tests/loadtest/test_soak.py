@@ -4,7 +4,10 @@ each side of a window's edge."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -36,9 +39,22 @@ def test_short_soak_has_no_errors_outside_the_fault_windows(
     command += ["--outage", "3s", "--concurrency", "4", "--out", str(out)]
     # 40 s is not a soak of memory: the RSS figures must exist, their limit is the 10-minute run's
     command += ["--max-rss-growth", "50"]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    output = (run.stdout + run.stderr)[-6000:]
-    assert run.returncode == 0, output
+    # its own process group: whatever ends this test also ends the redis-server and the
+    # service the soak started, even if the soak itself is killed before it can stop them
+    soak = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    try:
+        output = soak.communicate(timeout=120)[0][-6000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(soak.pid, signal.SIGKILL)
+    assert soak.returncode == 0, output
     report = json.loads((out / "soak.json").read_text())
     release_a = read_manifest(pipeline_run.release_dir).release
     release_b = read_manifest(second_release).release
@@ -173,8 +189,6 @@ def test_an_unclear_error_in_a_window_a_missing_switch_and_rss_growth_fail(
 
 def test_server_usage_reads_the_same_from_proc_as_from_psutil(monkeypatch) -> None:
     """Where psutil is not installed (it comes with locust, a dev extra) /proc answers."""
-    import os
-
     from reaseq.bench.soak import read_usage
 
     rss, cpu = read_usage(os.getpid())
