@@ -1,5 +1,6 @@
 """Locust load test of the ranking service: an HTTP user and a gRPC user sending the same
-release-drawn traffic (see `workload.py`), so one run loads both transports of one server.
+release-drawn traffic (`reaseq/bench/workload.py`), so one run loads both transports of one
+server.
 
     locust -f loadtest/locustfile.py --headless -u 32 -r 8 -t 5m \\
         -H http://127.0.0.1:8000 --grpc-target 127.0.0.1:50051 --release-dir "$RELEASES"
@@ -30,8 +31,8 @@ import grpc.experimental.gevent as grpc_gevent
 import numpy as np
 from locust import FastHttpUser, User, events, task
 from locust.env import Environment
-from workload import RankCall, ReleaseIds, TrafficConfig, UserTraffic, describe
 
+from reaseq.bench.workload import RankCall, ReleaseIds, TrafficConfig, UserTraffic, describe
 from reaseq.v1 import ranking_pb2, ranking_pb2_grpc
 
 # gRPC's C core must yield to gevent, or one blocked call stalls every simulated user; locust has

@@ -29,7 +29,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from reaseq.cli_bench import bench_matrix, bench_model, bench_store
+from reaseq.cli_bench import bench_matrix, bench_model, bench_store, soak
 from reaseq.cli_experiment import experiment
 from reaseq.cli_gbr import gbr_app
 from reaseq.cli_makr import makr_app
@@ -49,6 +49,7 @@ app.command("bench-matrix")(bench_matrix)
 app.command("bench-model")(bench_model)
 app.command("bench-store")(bench_store)
 app.command("experiment")(experiment)
+app.command("soak")(soak)
 console = Console()
 err_console = Console(stderr=True)  # errors and "which store" lines: stdout stays parseable
 

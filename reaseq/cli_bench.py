@@ -214,3 +214,88 @@ def bench_store(
         raise typer.Exit(2) from None
     for line in report.lines():
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def soak(
+    export_dir: Annotated[Path, typer.Argument(help="exported release folder: release A")],
+    second: Annotated[
+        Path | None,
+        typer.Option(
+            help="exported release folder switched to mid-run: release B",
+            show_default="a copy of EXPORT_DIR under a new release id",
+        ),
+    ] = None,
+    duration: Annotated[str, typer.Option(help="length of the load: 600, 90s, 10m")] = "10m",
+    concurrency: Annotated[
+        int, typer.Option(help="requests in flight, half gRPC and half HTTP")
+    ] = 8,
+    out: Annotated[
+        Path,
+        typer.Option(help="report folder: soak.json, soak.md, requests.csv, server.csv, logs/"),
+    ] = Path("artifacts/soak"),
+    outage: Annotated[str, typer.Option(help="how long redis-server stays killed")] = "5s",
+    think_ms: Annotated[
+        float, typer.Option(help="pause after each answer, uniform 0..N ms (0: closed loop)")
+    ] = 0.0,
+    candidates: Annotated[int, typer.Option(help="candidate items per request")] = 50,
+    switch_grace: Annotated[
+        str, typer.Option(help="the switch window ends this long after B is first served")
+    ] = "2s",
+    recovery_grace: Annotated[
+        str, typer.Option(help="the outage window ends this long after Redis is back")
+    ] = "5s",
+    max_outside_errors: Annotated[
+        int, typer.Option(help="errors outside the fault windows allowed")
+    ] = 0,
+    max_rss_growth: Annotated[
+        float, typer.Option(help="server RSS growth allowed, percent (first vs last window)")
+    ] = 5.0,
+    seed: Annotated[int, typer.Option(help="random seed of the traffic")] = 0,
+    service_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="REASEQ_NAME=value for the service (repeatable), e.g. REASEQ_REDIS_TIMEOUT_S=0.5",
+            show_default="none: the service's defaults",
+        ),
+    ] = None,
+) -> None:
+    """Soak: mixed gRPC + HTTP load on `reaseq serve --store redis` with a release switch at 1/3
+    and a Redis kill + restart at 2/3; every request and the server's RSS recorded. Exits 1 if
+    any request failed outside the fault windows, an error inside them was not UNAVAILABLE /
+    HTTP 503, release B was never served, or RSS grew by the limit or more."""
+    from reaseq.bench import soak_report
+    from reaseq.bench.soak import Soak, SoakConfig, analyse, parse_duration, write_records
+    from reaseq.bench.workload import TrafficConfig
+    from reaseq.core.release import ReleaseCheckError
+
+    try:
+        cfg = SoakConfig(
+            export_a=export_dir,
+            export_b=second,
+            out=out,
+            duration_s=parse_duration(duration),
+            concurrency=concurrency,
+            think_ms=think_ms,
+            outage_s=parse_duration(outage),
+            switch_grace_s=parse_duration(switch_grace),
+            recovery_grace_s=parse_duration(recovery_grace),
+            max_outside_errors=max_outside_errors,
+            max_rss_growth_pct=max_rss_growth,
+            traffic=TrafficConfig(candidates=candidates, seed=seed),
+            service_env=_env_pairs(service_env or []),
+        )
+        run, release_a, release_b = Soak(
+            cfg, log=lambda line: console.print(line, highlight=False, soft_wrap=True)
+        ).run()
+    except (ValueError, RuntimeError, ReleaseCheckError, FileNotFoundError) as err:
+        err_console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    report = analyse(cfg, run, release_a, release_b)
+    paths = soak_report.write(report, out) + write_records(run, out)
+    wide = Console(width=max(console.width, 140))  # print(width=) cannot exceed the console's
+    wide.print(soak_report.rich_table(report))
+    for line in soak_report.headline(report):
+        console.print(escape(line), highlight=False, soft_wrap=True)
+    console.print(f"wrote {', '.join(str(p) for p in paths)}", highlight=False, soft_wrap=True)
+    if not report["passed"]:
+        raise typer.Exit(1)

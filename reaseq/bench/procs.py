@@ -7,6 +7,7 @@ process that dies or never gets ready is reported with the end of its log.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -114,6 +115,72 @@ def running(server: ServerProcess) -> Iterator[ServerProcess]:
         yield server
     finally:
         server.stop()
+
+
+@dataclass
+class RedisProcess:
+    """A redis-server of our own on a free loopback port that persists to an append-only file in
+    `workdir`, so a kill and a restart on the same port find the data again, as a real store's
+    restart does (fsync every second: what was written a second before the kill survives)."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "redis.log"
+
+    def start(self, timeout_s: float = 60.0) -> RedisProcess:
+        """Start (or restart, on the same port) and wait until it answers PING, which it does
+        only once the append-only file is loaded."""
+        import redis
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: apt-get install -y redis-server")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        command = [binary, "--port", str(self.port), "--bind", HOST, "--dir", str(self.workdir)]
+        command += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
+        command += ["--protected-mode", "no"]
+        with self.log_path.open("ab") as log:  # a restart appends to the same log
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        client = redis.Redis(host=HOST, port=self.port, socket_timeout=1.0)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"redis-server exited with {self.proc.returncode} on port {self.port}; "
+                        f"end of {self.log_path}:\n{log_tail(self.log_path)}"
+                    )
+                try:
+                    if client.ping():
+                        return self
+                except redis.RedisError:  # not listening yet, or still loading its data
+                    time.sleep(0.05)
+        finally:
+            client.close()
+        self.kill()
+        raise RuntimeError(f"redis-server on port {self.port} did not answer in {timeout_s:.0f} s")
+
+    def kill(self) -> None:
+        """SIGKILL: the crash of a store, not a shutdown (no final save)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
 
 def python_module(module: str, *args: str) -> list[str]:

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from loadtest.workload import (
+from reaseq.bench.workload import (
     UNKNOWN_PREFIX,
     RankCall,
     ReleaseIds,

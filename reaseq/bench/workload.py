@@ -1,4 +1,4 @@
-"""The traffic of the load tests, drawn from a published release.
+"""The traffic of the load tests (locust's users, `reaseq soak`), drawn from a published release.
 
 Pure numpy and `reaseq.core.release` (no locust, gevent or gRPC), so unit tests can import it
 without gevent's monkey-patching, and both transports send the same kind of requests:
