@@ -63,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("think-ms", float, 100.0, "pause between a user's requests: uniform 0..N ms"),
         ("call-timeout-s", float, 10.0, "client-side timeout per call (both transports)"),
         ("seed", int, defaults.seed, "random seed of the traffic"),
+        ("token", str, "", "bearer token of a service with REASEQ_AUTH_TOKENS set"),
     ]
     for name, kind, default, text in options:
         group.add_argument(
@@ -70,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             type=kind,
             default=default,
             env_var=f"LOCUST_{name.upper().replace('-', '_')}",  # configargparse
-            help=f"{text} (default {default!r})",
+            help=f"{text} (default {'' if name == 'token' else repr(default)})",
         )
 
 
@@ -100,6 +101,8 @@ def load_release(environment: Environment, **_kwargs: Any) -> None:
         raise SystemExit(f"load test setup failed: {err}") from err
     _state.update(cfg=cfg, ids=ids, think_s=opts.think_ms / 1000, timeout_s=opts.call_timeout_s)
     _state["grpc_target"] = opts.grpc_target
+    # the token, as both transports send it (an empty one: the service's auth is off)
+    _state["authorization"] = f"Bearer {opts.token}" if opts.token else ""
     logging.info("traffic: %s", describe(cfg, ids))
 
 
@@ -130,8 +133,9 @@ class HttpRankUser(FastHttpUser, RankUser):
     @task
     def rank(self) -> None:
         call = self.traffic.next_call()
+        headers = {"Authorization": auth} if (auth := _state["authorization"]) else None
         with self.client.post(
-            "/v1/rank", json=call.body, name="/v1/rank", catch_response=True
+            "/v1/rank", json=call.body, name="/v1/rank", headers=headers, catch_response=True
         ) as response:
             if response.status_code != 200:  # 0: no answer at all (refused, timed out)
                 detail = (response.text or str(response.error or ""))[:200]
@@ -183,7 +187,8 @@ class RankingGrpcClient:
         length = 0
         start = time.perf_counter()
         try:
-            response = self.stub.Rank(request, timeout=self.timeout_s)
+            metadata = (("authorization", auth),) if (auth := _state["authorization"]) else None
+            response = self.stub.Rank(request, timeout=self.timeout_s, metadata=metadata)
         except grpc.RpcError as err:
             elapsed_ms = (time.perf_counter() - start) * 1000
             exception = RpcFailed(f"{err.code().name}: {' '.join(str(err.details()).split())}")

@@ -81,7 +81,7 @@ TokenOpt = Annotated[
         envvar="REASEQ_TOKEN",
         help="bearer token for a service with auth_tokens (from the environment, it stays out "
         "of ps and shell history)",
-        show_default=False,
+        show_default="none: the service's auth is off",
     ),
 ]
 TlsCaOpt = Annotated[
@@ -92,6 +92,7 @@ TlsCaOpt = Annotated[
         readable=True,
         help="CA certificate (PEM) that signed the service's certificate: gRPC over TLS "
         "(HTTP: an https:// target's CA)",
+        show_default="none: plaintext",
     ),
 ]
 

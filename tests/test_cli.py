@@ -83,7 +83,7 @@ def test_every_option_and_argument_has_help_and_shows_its_default() -> None:
         record = param.get_help_record(Context(root, info_name="reaseq"))
         text = record[1] if record else ""
         described = text.split("  [")[0].strip()
-        shown = "[default:" in text or "[required]" in text or param.name in TYPER_ACTIONS
+        shown = "default:" in text or "[required]" in text or param.name in TYPER_ACTIONS
         if not described or not shown:
             missing.append(f"{' '.join(path)} {param.name}: {text!r}")
     assert not missing, "options without help or shown default:\n" + "\n".join(missing)

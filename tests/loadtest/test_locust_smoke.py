@@ -45,10 +45,21 @@ def _stats_rows(csv_prefix: Path) -> dict[str, dict[str, str]]:
         return {row["Type"]: row for row in csv.DictReader(f)}
 
 
-def test_http_and_grpc_users_run_without_a_failure(releases_dir: Path, tmp_path: Path) -> None:
+TOKEN = "smoke-test-token-0123456789"
+
+
+@pytest.mark.parametrize(
+    ("run_time_s", "token"), [(RUN_TIME_S, ""), (10, TOKEN)], ids=["open", "token"]
+)
+def test_http_and_grpc_users_run_without_a_failure(
+    releases_dir: Path, tmp_path: Path, run_time_s: int, token: str
+) -> None:
+    """The 30 s CI run on an open service, and a shorter one on a service that requires a bearer
+    token, which both user classes send (`--token`)."""
     if importlib.util.find_spec("locust") is None:
         pytest.fail("locust is not installed: pip install -e '.[dev]'")
-    server = ServiceProcess(releases_dir, tmp_path / "logs").start()
+    env = {"REASEQ_AUTH_TOKENS": token} if token else None
+    server = ServiceProcess(releases_dir, tmp_path / "logs", env=env).start()
     csv_prefix = tmp_path / "locust"
     command = [
         sys.executable,
@@ -62,7 +73,7 @@ def test_http_and_grpc_users_run_without_a_failure(releases_dir: Path, tmp_path:
         "-r",
         str(USERS),
         "-t",
-        f"{RUN_TIME_S}s",
+        f"{run_time_s}s",
         "--only-summary",
         "--exit-code-on-error",
         "1",
@@ -81,16 +92,20 @@ def test_http_and_grpc_users_run_without_a_failure(releases_dir: Path, tmp_path:
         "0.1",
         "--explain-share",
         "0.05",
+        *(["--token", token] if token else []),
     ]
     try:
         server.wait_alive()
         _wait_ready(server)
+        if token:  # auth is really on: the same request without the token is refused
+            refused = httpx.post(f"{server.base_url}/v1/rank", json={}, timeout=5)
+            assert refused.status_code == 401, refused.text
         run = subprocess.run(
             command,
             cwd=tmp_path,  # no locust.conf or pyproject [tool.locust] from the checkout
             capture_output=True,
             text=True,
-            timeout=RUN_TIME_S + 60,
+            timeout=run_time_s + 60,
         )
     finally:
         server.stop()
@@ -98,9 +113,10 @@ def test_http_and_grpc_users_run_without_a_failure(releases_dir: Path, tmp_path:
     failures = (tmp_path / "locust_failures.csv").read_text()
     assert run.returncode == 0, f"locust exited {run.returncode}:\n{failures}\n{output}"
     rows = _stats_rows(csv_prefix)
+    least = MIN_REQUESTS_PER_CLASS * run_time_s // RUN_TIME_S
     for kind in ("POST", "grpc"):
         assert kind in rows, f"no {kind} requests were made:\n{output}"
         assert int(rows[kind]["Failure Count"]) == 0, failures
-        assert int(rows[kind]["Request Count"]) >= MIN_REQUESTS_PER_CLASS, output
+        assert int(rows[kind]["Request Count"]) >= least, output
     assert int(rows[""]["Failure Count"]) == 0, failures
     print(output[-4000:])  # locust's summary (on stderr), for `pytest -rP`

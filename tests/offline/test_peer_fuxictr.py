@@ -153,7 +153,7 @@ def test_the_experiment_reports_both_fuxictr_rows(tmp_path: Path) -> None:
         PEERS.pop("fuxictr-din+text", None)
     assert not result.failed
     report = (result.out_dir / "report.md").read_text()
-    assert "fuxictr-din+text" in report and "fuxictr-din " in report
+    assert "`fuxictr-din+text`" in report and "`fuxictr-din`" in report
     for variant in ("fuxictr-din", "fuxictr-din+text"):
         run = json.loads((result.out_dir / "runs" / variant / "seed0" / "result.json").read_text())
-        assert 0.0 < run["metrics"]["test"]["auc"] < 1.0, run
+        assert 0.0 < run["test"]["auc"] < 1.0 and run["peer"] == variant, run
