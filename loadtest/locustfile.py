@@ -32,7 +32,14 @@ import numpy as np
 from locust import FastHttpUser, User, events, task
 from locust.env import Environment
 
-from reaseq.bench.workload import RankCall, ReleaseIds, TrafficConfig, UserTraffic, describe
+from reaseq.bench.workload import (
+    RankCall,
+    ReleaseIds,
+    TrafficConfig,
+    UserTraffic,
+    describe,
+    grpc_answer_fields,
+)
 from reaseq.v1 import ranking_pb2, ranking_pb2_grpc
 
 # gRPC's C core must yield to gevent, or one blocked call stalls every simulated user; locust has
@@ -159,17 +166,6 @@ class WrongAnswer(Exception):
     """An OK answer that `RankCall.check` refused."""
 
 
-def _answer_fields(response: ranking_pb2.RankResponse) -> dict[str, Any]:
-    """The fields `RankCall.check` reads, as the HTTP JSON spells them."""
-    return {
-        "scores": list(response.scores),
-        "unknown_user": response.unknown_user,
-        "unknown_item_indices": list(response.unknown_item_indices),
-        "unknown_recent_indices": list(response.unknown_recent_indices),
-        "explanations": list(response.explanations),
-    }
-
-
 class RankingGrpcClient:
     """The Rank stub wrapped as locust documents for other protocols: every call fires a
     `request` event with its time, size and exception (None when OK and correct)."""
@@ -195,7 +191,7 @@ class RankingGrpcClient:
         else:
             elapsed_ms = (time.perf_counter() - start) * 1000
             length = response.ByteSize()
-            answer = _answer_fields(response)
+            answer = grpc_answer_fields(response)
             problem = call.check(answer)
             if problem is not None:
                 exception, answer = WrongAnswer(problem), None

@@ -40,7 +40,13 @@ from typing import Any
 import numpy as np
 
 from reaseq.bench.procs import HOST, RedisProcess, ServerProcess, log_tail
-from reaseq.bench.workload import RankCall, ReleaseIds, TrafficConfig, UserTraffic
+from reaseq.bench.workload import (
+    RankCall,
+    ReleaseIds,
+    TrafficConfig,
+    UserTraffic,
+    grpc_answer_fields,
+)
 from reaseq.core.release import MANIFEST_FILE, Snapshot, read_manifest, write_atomic
 
 NAMESPACE = "reaseq-soak"
@@ -159,17 +165,6 @@ def _one_line(text: str, limit: int = 160) -> str:
     return " ".join(str(text).split())[:limit]
 
 
-def _answer_fields(response: Any) -> dict[str, Any]:
-    """A gRPC RankResponse's fields as the HTTP JSON spells them (what `RankCall.check` reads)."""
-    return {
-        "scores": list(response.scores),
-        "unknown_user": response.unknown_user,
-        "unknown_item_indices": list(response.unknown_item_indices),
-        "unknown_recent_indices": list(response.unknown_recent_indices),
-        "explanations": list(response.explanations),
-    }
-
-
 Outcome = tuple[str, str, str, list[float] | None]  # code, detail, release, scores when OK
 
 
@@ -186,7 +181,7 @@ async def _grpc_caller(target: str, timeout_s: float):  # -> (caller, channel)
             reply = await stub.Rank(ranking_pb2.RankRequest(**rank.body), timeout=timeout_s)
         except grpc.aio.AioRpcError as err:
             return err.code().name, _one_line(err.details() or ""), "", None
-        answer = _answer_fields(reply)
+        answer = grpc_answer_fields(reply)
         problem = rank.check(answer)
         if problem is not None:
             return "WRONG_ANSWER", problem, reply.release, None

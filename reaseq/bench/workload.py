@@ -165,6 +165,17 @@ class RankCall:
         return None
 
 
+def grpc_answer_fields(response: Any) -> dict[str, Any]:
+    """A gRPC RankResponse's fields as the HTTP JSON spells them (what `RankCall.check` reads)."""
+    return {
+        "scores": list(response.scores),
+        "unknown_user": response.unknown_user,
+        "unknown_item_indices": list(response.unknown_item_indices),
+        "unknown_recent_indices": list(response.unknown_recent_indices),
+        "explanations": list(response.explanations),
+    }
+
+
 class UserTraffic:
     """The requests of one simulated user: sessions of a few requests for one end user each."""
 

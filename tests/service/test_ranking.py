@@ -27,6 +27,7 @@ from reaseq.service.query import RankQuery
 from reaseq.service.ranking import Ranker
 from reaseq.service.settings import ServiceSettings
 from tests.service.recompute import offline_scores
+from tests.service.switching import no_old_release_after_the_new, rank_across_switch
 
 pytestmark = pytest.mark.anyio
 
@@ -150,33 +151,10 @@ async def test_live_switch_under_load_never_mixes_releases(
     user, items = release_ids
     first = ranker.active_versions()[0]
     query = RankQuery(user, items, recent_item_ids=items[:2])
-    results, errors, spans = [], [], []
-
-    done = asyncio.Event()
-
-    async def client() -> None:
-        # until the new release has answered for a while (bounded, so a bug cannot hang CI)
-        deadline = time.monotonic() + 30
-        while not done.is_set() and time.monotonic() < deadline:
-            started = time.perf_counter()
-            try:
-                results.append(await ranker.rank(query))
-                spans.append((started, time.perf_counter(), results[-1].release))
-            except Exception as err:
-                errors.append(err)
-            await asyncio.sleep(0.005)
-
-    async def switch() -> None:
-        await asyncio.sleep(0.1)
-        await asyncio.to_thread(publisher.publish, second_release)
-        deadline = time.monotonic() + 25
-        while ranker.active_versions()[0] != "second-release" and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)  # keep the load on across and after the switch
-        done.set()
-
     try:
-        await asyncio.gather(*(client() for _ in range(4)), switch())
+        results, spans, errors = await rank_across_switch(
+            ranker, query, lambda: publisher.publish(second_release)
+        )
     finally:
         await ranker.close()
     assert errors == []
@@ -192,9 +170,7 @@ async def test_live_switch_under_load_never_mixes_releases(
             manifest.feature_version,
         )
     assert not np.allclose(expected[first], expected["second-release"])
-    # once a response came from the new release, no request started later used the old one
-    first_new = min(end for _, end, rel in spans if rel == "second-release")
-    assert all(rel == "second-release" for start, _, rel in spans if start > first_new)
+    assert no_old_release_after_the_new(spans)
 
 
 async def test_corrupt_release_is_refused_and_old_one_keeps_serving(

@@ -28,6 +28,7 @@ from reaseq.service.query import RankQuery
 from reaseq.service.ranking import Ranker
 from reaseq.service.settings import ServiceSettings
 from tests.service.recompute import offline_scores
+from tests.service.switching import no_old_release_after_the_new, rank_across_switch
 
 pytestmark = pytest.mark.anyio
 NS = "cl"
@@ -166,31 +167,10 @@ async def test_a_live_switch_over_the_cluster_never_mixes_releases(
     )
     user, items = release_ids
     query = RankQuery(user, items, recent_item_ids=items[:2])
-    spans, results, errors = [], [], []
-    done = asyncio.Event()
-
-    async def client() -> None:
-        deadline = time.monotonic() + 30  # bounded, so a bug cannot hang the run
-        while not done.is_set() and time.monotonic() < deadline:
-            started = time.perf_counter()
-            try:
-                results.append(await ranker.rank(query))
-                spans.append((started, time.perf_counter(), results[-1].release))
-            except Exception as err:
-                errors.append(err)
-            await asyncio.sleep(0.005)
-
-    async def switch() -> None:
-        await asyncio.sleep(0.1)
-        await asyncio.to_thread(pub.publish, second_release)
-        deadline = time.monotonic() + 25
-        while ranker.active_versions()[0] != "second-release" and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)
-        done.set()
-
     try:
-        await asyncio.gather(*(client() for _ in range(4)), switch())
+        results, spans, errors = await rank_across_switch(
+            ranker, query, lambda: pub.publish(second_release)
+        )
     finally:
         await ranker.close()
     assert errors == []
@@ -199,8 +179,7 @@ async def test_a_live_switch_over_the_cluster_never_mixes_releases(
     expected = {rel: offline_scores(d, user, items, items[:2]) for rel, d in dirs.items()}
     for result in results:
         np.testing.assert_allclose(result.scores, expected[result.release], atol=1e-6)
-    first_new = min(end for _, end, rel in spans if rel == "second-release")
-    assert all(rel == "second-release" for start, _, rel in spans if start > first_new)
+    assert no_old_release_after_the_new(spans)
 
 
 async def test_a_killed_master_fails_fast_and_serving_resumes_when_it_is_back(
