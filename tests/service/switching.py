@@ -55,3 +55,19 @@ def no_old_release_after_the_new(spans: list[Span], new_release: str = "second-r
     """Once a response came from the new release, no request started later used the old one."""
     first_new = min(end for _, end, release in spans if release == new_release)
     return all(release == new_release for start, _, release in spans if start > first_new)
+
+
+async def rank_once_the_store_answers(
+    ranker: Ranker, query: RankQuery, timeout_s: float
+) -> RankResult:
+    """Rank, retrying while the feature store is still unavailable (it is coming back)."""
+    from reaseq.service.errors import FeatureStoreUnavailable
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await ranker.rank(query)
+        except FeatureStoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)

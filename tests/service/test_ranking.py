@@ -27,7 +27,11 @@ from reaseq.service.query import RankQuery
 from reaseq.service.ranking import Ranker
 from reaseq.service.settings import ServiceSettings
 from tests.service.recompute import offline_scores
-from tests.service.switching import no_old_release_after_the_new, rank_across_switch
+from tests.service.switching import (
+    no_old_release_after_the_new,
+    rank_across_switch,
+    rank_once_the_store_answers,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -113,15 +117,7 @@ async def test_redis_outage_fails_fast_and_recovers_without_restart(
     RedisPublisher(redis.Redis.from_url(redis_server.url), KeySchema("svc")).publish(
         pipeline_run.release_dir
     )
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            after = await redis_ranker.rank(query)
-            break
-        except FeatureStoreUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
+    after = await rank_once_the_store_answers(redis_ranker, query, timeout_s=5)
     assert after.scores == before.scores
 
 

@@ -28,7 +28,11 @@ from reaseq.service.query import RankQuery
 from reaseq.service.ranking import Ranker
 from reaseq.service.settings import ServiceSettings
 from tests.service.recompute import offline_scores
-from tests.service.switching import no_old_release_after_the_new, rank_across_switch
+from tests.service.switching import (
+    no_old_release_after_the_new,
+    rank_across_switch,
+    rank_once_the_store_answers,
+)
 
 pytestmark = pytest.mark.anyio
 NS = "cl"
@@ -221,15 +225,7 @@ async def test_a_killed_master_fails_fast_and_serving_resumes_when_it_is_back(
         finally:
             victim.start()  # same port, its nodes.conf and append-only file: slots and keys
         redis_cluster.wait_ok()
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                after = await ranker.rank(query)
-                break
-            except FeatureStoreUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
+        after = await rank_once_the_store_answers(ranker, query, timeout_s=15)
         assert after.scores == before.scores
         await ranker.check_ready()
         assert ranker._active.features.mget.scripted  # an outage does not turn them off
