@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.progress import TimeRemainingColumn as Remaining
 
-BACKENDS, OUTPUTS, ENGINES = ("embedded", "openai"), ("fields", "json"), ("local", "ray")
+BACKENDS, OUTPUTS, ENGINES = ("embedded", "torch", "openai"), ("fields", "json"), ("local", "ray")
 makr_app = typer.Typer(help="MAKR: item knowledge from LLM agents, its quality and its encoding.")
 console = Console()
 err_console = Console(stderr=True)
@@ -40,7 +40,11 @@ ModelOpt = Annotated[
     ),
 ]
 BackendOpt = Annotated[
-    str, typer.Option(help="embedded (llama.cpp in-process) | openai (any compatible endpoint)")
+    str,
+    typer.Option(
+        help="embedded (llama.cpp in-process) | torch (the same GGUF on PyTorch, batched: for a "
+        "GPU) | openai (any compatible endpoint)"
+    ),
 ]
 
 
@@ -68,11 +72,15 @@ def _catalog(dataset: str, artifacts: Path):
     return name, raw.items
 
 
-def _makr_config(backend, model, base_url, output, engine, workers, limit, threads, concurrency):
+def _makr_config(
+    backend, model, base_url, output, engine, workers, limit, threads, concurrency, device="auto"
+):
     from reaseq.offline.makr.job import MakrConfig
     from reaseq.offline.makr.llm import LLMConfig
 
-    llm = LLMConfig(backend=backend, model=model, n_threads=threads, concurrency=concurrency)
+    llm = LLMConfig(
+        backend=backend, model=model, n_threads=threads, concurrency=concurrency, device=device
+    )
     if base_url:
         llm.base_url = base_url
     return MakrConfig(llm=llm, output=output, engine=engine, workers=workers, limit=limit)
@@ -101,7 +109,11 @@ def run_cmd(
     ] = 1,
     limit: Annotated[int, typer.Option(min=0, help="first N items only; 0 = all")] = 0,
     threads: Annotated[int, typer.Option(min=0, help="llama.cpp threads; 0 = all cores")] = 0,
-    concurrency: Annotated[int, typer.Option(min=1, help="endpoint requests in flight")] = 4,
+    concurrency: Annotated[
+        int,
+        typer.Option(min=1, help="items in flight: endpoint requests, or the torch batch size"),
+    ] = 4,
+    device: Annotated[str, typer.Option(help="torch backend: auto | cpu | cuda")] = "auto",
     artifacts: ArtifactsOpt = Path("artifacts"),
     work: Annotated[
         Path | None,
@@ -119,7 +131,7 @@ def run_cmd(
             _fail(f"{value!r} is not one of {', '.join(allowed)}")
     name, items = _catalog(dataset, artifacts)
     cfg = _makr_config(
-        backend, model, base_url, output, engine, workers, limit, threads, concurrency
+        backend, model, base_url, output, engine, workers, limit, threads, concurrency, device
     )
     folder = work or artifacts / name / "makr" / Path(model).stem
     try:

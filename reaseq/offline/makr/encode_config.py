@@ -19,8 +19,9 @@ class EncodeConfig:
     view_keep: float = 0.5  # hybrid instance view: share of words kept
     seed: int = 0
     # what of the knowledge record is embedded (KNOWLEDGE_INPUTS): the card alone, plus the
-    # relation agent's complement/substitute kinds, plus the item's own raw text after them
-    knowledge_input: str = "card"
+    # relation agent's complement/substitute kinds, plus the item's own raw text after them.
+    # The last is the default: best on complete Office knowledge (README, MAKR section).
+    knowledge_input: str = "card+relations+text"
 
     def __post_init__(self) -> None:
         if self.knowledge_input not in KNOWLEDGE_INPUTS:

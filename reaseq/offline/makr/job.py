@@ -259,8 +259,15 @@ class RunReport:
 class MakrRun:
     """Plans, then items, against one cache; generation starts only when something is missing."""
 
-    def __init__(self, items: pd.DataFrame, work: Path, cfg: MakrConfig, dataset: str = ""):
-        self.cfg, self.work = cfg, work
+    def __init__(
+        self,
+        items: pd.DataFrame,
+        work: Path,
+        cfg: MakrConfig,
+        dataset: str = "",
+        backend: LLMBackend | None = None,  # a loaded model to share between catalogs
+    ):
+        self.cfg, self.work, self._backend = cfg, work, backend
         self.catalog = items  # plans see the whole catalog, so a --limit trial shares its keys
         self.items = items if not cfg.limit else items.head(cfg.limit)
         self.model = model_identity(cfg.llm)
@@ -272,7 +279,7 @@ class MakrRun:
 
     def agents(self) -> Agents:
         if self._agents is None:
-            backend: LLMBackend = make_backend(self.cfg.llm)
+            backend: LLMBackend = self._backend or make_backend(self.cfg.llm)
             self._agents = Agents(backend, self.cfg.output, self.cfg.retries)
         return self._agents
 
@@ -352,7 +359,7 @@ class MakrRun:
         def one(task: ItemTask) -> dict:
             return process_item(agents, task, plans[task.category], self.model, self.version)
 
-        if self.cfg.llm.backend == "openai" and self.cfg.llm.concurrency > 1:
+        if self.cfg.llm.backend in ("openai", "torch") and self.cfg.llm.concurrency > 1:
             return _concurrently(one, todo, self.cfg.llm.concurrency)
         return (one(t) for t in todo)
 

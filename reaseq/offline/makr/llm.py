@@ -1,5 +1,6 @@
-"""LLM backends behind one interface: an embedded GGUF (llama-cpp-python) or any OpenAI-compatible
-endpoint (vLLM, SGLang, llama.cpp server, Ollama).
+"""LLM backends behind one interface: an embedded GGUF (llama-cpp-python), the same GGUF on
+PyTorch with a dynamic batcher for a GPU (`llm_batched.py`), or any OpenAI-compatible endpoint
+(vLLM, SGLang, llama.cpp server, Ollama).
 
 Agents only call `complete(prompt, ...)`. The embedded backend runs a GGUF by path or by shipped
 package (Gemma 3 270M by default, SmolLM2-135M as the small one) on the CPU, or on CUDA when the
@@ -67,19 +68,20 @@ class LLMBackend(Protocol):
 
 @dataclass
 class LLMConfig:
-    backend: str = "embedded"  # embedded | openai
+    backend: str = "embedded"  # embedded (llama.cpp) | torch (same GGUF, batched; GPU) | openai
     model: str = DEFAULT_MODEL  # shipped name (gemma3-270m, smollm2-135m) or a .gguf path
     n_ctx: int = 2048
     n_threads: int = 0  # 0: all cores
     gpu_layers: int = -1  # offloaded when the llama.cpp build has CUDA; ignored on CPU builds
     seed: int = 0
+    device: str = "auto"  # torch backend: auto | cpu | cuda
     # endpoint backend
     base_url: str = "http://127.0.0.1:8080/v1"
     api_key_env: str = "OPENAI_API_KEY"  # read from the environment, never stored in config
     api: str = "chat"  # chat | completions (base models without a chat template)
     timeout_s: float = 60.0
     max_retries: int = 3  # with exponential backoff (the openai client's)
-    concurrency: int = 4  # requests in flight
+    concurrency: int = 4  # requests in flight (openai); the largest batch (torch)
     # How the server takes a JSON schema: "json_schema" (OpenAI, vLLM, SGLang, llama.cpp's
     # llama-server) or "json_object" (llama-cpp-python's server, Anyscale style).
     json_format: str = "json_schema"
@@ -309,4 +311,8 @@ def make_backend(cfg: LLMConfig) -> LLMBackend:
         return EmbeddedLLM(cfg)
     if cfg.backend == "openai":
         return OpenAICompatibleLLM(cfg)
-    raise ValueError(f"unknown LLM backend {cfg.backend!r}; known: embedded, openai")
+    if cfg.backend == "torch":
+        from reaseq.offline.makr.llm_batched import BatchedTorchLLM
+
+        return BatchedTorchLLM(cfg)
+    raise ValueError(f"unknown LLM backend {cfg.backend!r}; known: embedded, torch, openai")
