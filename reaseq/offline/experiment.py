@@ -373,7 +373,7 @@ class Experiment:
             "device": run.report["device"],
             "epochs": run.report["epochs"],
             # summed over the checkpoint's epochs: the same figure when a later process reuses it
-            "train_seconds": round(sum(r["seconds"] for r in trained["history"]), 1),
+            "train_seconds": round(sum(r["seconds"] for r in trained["history"]), 3),
             "fill_seconds": run.report["fill"]["seconds"],
             "generated": run.report["fill"]["generated"],
             "slots_per_user_mean": run.report["locate"]["slots_per_user_mean"],

@@ -307,7 +307,7 @@ def train_gbr(
         state["epoch"] += 1
         row = {"epoch": state["epoch"], "train_loss": total / max(count, 1)}
         row |= {f"val_{k}": v for k, v in evaluate_ib(model, item_reps, val, cfg).items()}
-        row["seconds"] = round(epoch_seconds[-1], 2)
+        row["seconds"] = round(epoch_seconds[-1], 4)
         state["history"].append(row)
         if state["best"] is None or row["val_ib_ppl"] < state["best"]["val_ib_ppl"]:
             state["best"], state["stale"] = row, 0
