@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -82,6 +83,53 @@ def test_each_row_keeps_its_own_token_limit_and_a_too_long_prompt_fails_alone(ba
     assert first.completion_tokens <= 2
     assert second.text and second.completion_tokens <= LINE.max_tokens
     assert isinstance(third, PromptRejected) and "exceeds the context" in str(third)
+
+
+def test_an_unreadable_prompt_fails_alone_and_its_batch_still_answers(batched):
+    calls = [PROMPTS[0], "Product: pens \ud800 blue\nCategory:", PROMPTS[1]]
+    gate = threading.Barrier(len(calls))
+
+    def call(prompt):
+        gate.wait()  # arrive together: one batch holds the bad prompt and the good ones
+        try:
+            return batched.complete(prompt, LINE)
+        except PromptRejected as err:
+            return err
+
+    with ThreadPoolExecutor(3) as pool:
+        first, bad, last = pool.map(call, calls)
+    assert isinstance(bad, PromptRejected) and "lone surrogate at character 14" in str(bad)
+    assert first.text == batched.complete(PROMPTS[0], LINE).text
+    assert last.text == batched.complete(PROMPTS[1], LINE).text
+
+
+def test_out_of_gpu_memory_halves_the_batch_instead_of_failing_it(batched, monkeypatch):
+    """OOM cannot be produced on a CPU, so generate() raises it for batches over two rows, as
+    a GPU would with too little memory: every caller still gets its answer, and later batches
+    start at the size that fitted."""
+    real_generate = batched.model.generate
+    sizes = []
+
+    def generate_with_little_memory(**kwargs):
+        sizes.append(kwargs["input_ids"].shape[0])
+        if sizes[-1] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_generate(**kwargs)
+
+    alone = [batched.complete(p, LINE).text for p in PROMPTS]
+    monkeypatch.setattr(batched.model, "generate", generate_with_little_memory)
+    monkeypatch.setattr(batched, "max_batch", 8)
+    splits = batched.oom_splits
+    gate = threading.Barrier(len(PROMPTS))
+
+    def call(prompt):
+        gate.wait()  # all four arrive together, so the first batch holds more than two
+        return batched.complete(prompt, LINE).text
+
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        together = list(pool.map(call, PROMPTS))
+    assert together == alone
+    assert max(sizes) > 2 and batched.oom_splits > splits and batched.max_batch <= 2
 
 
 def test_unsupported_requests_are_clear_errors(batched):

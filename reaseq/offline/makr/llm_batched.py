@@ -13,6 +13,7 @@ penalty over the last 64 tokens only, stops cut from the text.
 from __future__ import annotations
 
 import functools
+import logging
 import queue
 import threading
 from collections import defaultdict
@@ -28,6 +29,8 @@ from reaseq.offline.makr.llm import (
     model_identity,
     resolve_model_path,
 )
+
+log = logging.getLogger(__name__)
 
 REPEAT_LAST_N = 64  # llama.cpp's default window for repeat_penalty
 
@@ -101,6 +104,7 @@ class BatchedTorchLLM:
         self.model = model.to(self.device).eval()
         self.batches = 0  # generate() calls, for the throughput report
         self.rows = 0
+        self.oom_splits = 0  # batches halved after running out of GPU memory
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._worker = threading.Thread(target=self._serve, name="llm-batcher", daemon=True)
         self._worker.start()
@@ -169,23 +173,71 @@ class BatchedTorchLLM:
                             request.future.set_exception(failure)
 
     def _generate(self, group: list[_Request]) -> list[Completion | Exception]:
+        """One answer or one error per request: a prompt the tokenizer cannot read or one
+        longer than the context fails alone, and the rest of the group still runs."""
+        out: list[Completion | Exception | None] = []
+        encoded: dict[int, list[int]] = {}
+        for i, request in enumerate(group):
+            try:
+                request.prompt.encode("utf-8")
+                ids = self.tokenizer(request.prompt)["input_ids"]
+            except UnicodeEncodeError as err:
+                where = f"a lone surrogate at character {err.start}"
+                out.append(PromptRejected(f"the prompt is not valid UTF-8 text: {where}"))
+                continue
+            except (TypeError, ValueError) as err:
+                out.append(PromptRejected(f"the tokenizer cannot read this prompt: {err}"))
+                continue
+            if len(ids) + request.sampling.max_tokens > self.n_ctx:
+                out.append(
+                    PromptRejected(
+                        f"prompt of {len(ids)} tokens exceeds the context of {self.n_ctx}"
+                    )
+                )
+                continue
+            encoded[i] = ids
+            out.append(None)
+        self._generate_rows(group, list(encoded), encoded, out)
+        return out  # type: ignore[return-value] - every None was filled
+
+    def _generate_rows(
+        self, group: list[_Request], rows: list[int], encoded: dict[int, list[int]], out: list
+    ) -> None:
+        """Runs `rows` as one batch; when the GPU runs out of memory, halves it (and lowers
+        max_batch for the batches after it) instead of failing every caller in it."""
         import torch
 
-        sampling = group[0].sampling
-        encoded = self.tokenizer([r.prompt for r in group])["input_ids"]
-        out: list[Completion | Exception] = [
-            PromptRejected(f"prompt of {len(ids)} tokens exceeds the context of {self.n_ctx}")
-            if len(ids) + r.sampling.max_tokens > self.n_ctx
-            else None
-            for r, ids in zip(group, encoded, strict=True)
-        ]
-        live = [i for i, o in enumerate(out) if o is None]
-        if not live:
-            return out
-        batch = self.tokenizer.pad(
-            {"input_ids": [encoded[i] for i in live]}, return_tensors="pt", padding=True
-        ).to(self.device)
-        max_new = max(group[i].sampling.max_tokens for i in live)
+        if not rows:
+            return
+        try:
+            done = self._generate_batch(
+                group[0].sampling, [encoded[i] for i in rows], [group[i] for i in rows]
+            )
+        except torch.OutOfMemoryError as err:
+            if self.device == "cuda":
+                torch.cuda.empty_cache()
+            if len(rows) == 1:
+                out[rows[0]] = LLMError(f"out of memory generating a single prompt: {err}")
+                return
+            half = len(rows) // 2
+            self.max_batch = max(1, min(self.max_batch, half))
+            self.oom_splits += 1
+            log.warning("out of memory at a batch of %d: max_batch is now %d", len(rows), half)
+            self._generate_rows(group, rows[:half], encoded, out)
+            self._generate_rows(group, rows[half:], encoded, out)
+            return
+        for i, completion in zip(rows, done, strict=True):
+            out[i] = completion
+
+    def _generate_batch(
+        self, sampling: Sampling, encoded: list[list[int]], requests: list[_Request]
+    ) -> list[Completion]:
+        import torch
+
+        batch = self.tokenizer.pad({"input_ids": encoded}, return_tensors="pt", padding=True).to(
+            self.device
+        )
+        max_new = max(r.sampling.max_tokens for r in requests)
         kwargs: dict = {"do_sample": sampling.temperature > 0}
         if sampling.temperature > 0:
             kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
@@ -209,10 +261,10 @@ class BatchedTorchLLM:
                 **kwargs,
             )
         self.batches += 1
-        self.rows += len(live)
-        for row, i in enumerate(live):
-            limit = group[i].sampling.max_tokens
-            ids = generated[row, width : width + limit].tolist()
+        self.rows += len(requests)
+        answers = []
+        for row, (request, prompt_ids) in enumerate(zip(requests, encoded, strict=True)):
+            ids = generated[row, width : width + request.sampling.max_tokens].tolist()
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             used = len(ids)
             for stop in sampling.stop:
@@ -220,5 +272,7 @@ class BatchedTorchLLM:
                     text = text.split(stop, 1)[0]
             while used and ids[used - 1] == self.tokenizer.pad_token_id:
                 used -= 1
-            out[i] = Completion(text=text, prompt_tokens=len(encoded[i]), completion_tokens=used)
-        return out
+            answers.append(
+                Completion(text=text, prompt_tokens=len(prompt_ids), completion_tokens=used)
+            )
+        return answers
