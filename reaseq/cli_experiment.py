@@ -80,7 +80,7 @@ def experiment(
         list[str] | None,
         typer.Option(
             help="A:B, paired bootstrap of GAUC A - B, repeatable",
-            show_default="full:id+text, full:id",
+            show_default="full:id+text, full:id, full:fuxictr-din",
         ),
     ] = None,
     bootstrap: Annotated[int, typer.Option(help="user resamples per comparison", min=1)] = 1000,

@@ -106,7 +106,7 @@ VARIANTS: dict[str, Variant] = {
 }
 DEFAULT_VARIANTS = tuple(VARIANTS)
 FULL_FAMILY = tuple(name for name in VARIANTS if name.startswith("full"))
-DEFAULT_COMPARISONS = (("full", "id+text"), ("full", "id"))
+DEFAULT_COMPARISONS = (("full", "id+text"), ("full", "id"), ("full", "fuxictr-din"))
 
 
 # -- peers ----------------------------------------------------------------------------------
