@@ -128,3 +128,41 @@ def test_knowledge_input_names_what_the_encoder_embeds(tmp_path):
     assert texts["card"][0][1] == str(second.text)  # no card: the raw text, whatever the input
     with pytest.raises(ValueError, match="knowledge_input"):
         knowledge_texts(data, records, "card+text")
+
+
+def test_pca_projector_is_the_text_pipeline_over_the_knowledge(tmp_path):
+    """`projector = "pca"` embeds the knowledge text exactly as `text` embeds the raw text:
+    with no knowledge the two representations are identical, with a card only its row moves."""
+    import pytest
+
+    from reaseq.offline import synthetic
+    from reaseq.offline.datasets import load_dataset
+    from reaseq.offline.makr.encode import encode
+    from reaseq.offline.prepare import PrepareConfig, prepare
+    from reaseq.offline.text_reps import TextRepConfig, build_text_representation
+
+    data = prepare(load_dataset(synthetic.generate(tmp_path / "s"), name="s"), PrepareConfig())
+    text_cfg = TextRepConfig()
+    text = build_text_representation(
+        data.items["text"].fillna("").tolist(), tmp_path / "reps" / "text", text_cfg
+    )
+    pca = EncodeConfig(dim=text_cfg.dim, projector="pca")
+    bare = encode("makr", data, {}, tmp_path / "reps" / "makr", text_cfg, pca)
+    assert bare.projector is None and not (tmp_path / "reps" / "makr" / "projector.pt").exists()
+    np.testing.assert_array_equal(bare.reps, text)
+    card = {
+        "reasoning": "r",
+        "kind": "desktop stapler",
+        "brand": "unknown",
+        "purpose": "fastening paper",
+        "audience": "office workers",
+        "attributes": {},
+        "summary": "A desktop stapler.",
+    }
+    first = str(data.items.iloc[0].item_id)
+    known = encode("makr", data, {first: {"card": card}}, tmp_path / "reps" / "k", text_cfg, pca)
+    assert known.summary["items_without_card"] == len(data.items) - 1
+    assert known.summary["config"]["projector"] == "pca" and known.reps.shape == text.shape
+    assert not np.allclose(known.reps, text)
+    with pytest.raises(ValueError, match="unknown projector 'mlp'"):
+        EncodeConfig(projector="mlp")

@@ -41,3 +41,9 @@ def test_makr_knowledge_input_is_a_config_key_checked_at_load(tmp_path) -> None:
     bad.write_text("[makr.encode]\nknowledge_input = 'relations'\n")
     with pytest.raises(ValueError, match="unknown knowledge_input 'relations'"):
         load_pipeline_config(bad)
+    pca = tmp_path / "pca.toml"
+    pca.write_text("[makr.encode]\nprojector = 'pca'\n")
+    assert load_pipeline_config(pca).makr.encode.projector == "pca"
+    pca.write_text("[makr.encode]\nprojector = 'linear'\n")
+    with pytest.raises(ValueError, match="unknown projector 'linear'; known: contrastive, pca"):
+        load_pipeline_config(pca)

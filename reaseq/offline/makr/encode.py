@@ -31,6 +31,7 @@ from reaseq.offline.text_reps import (
     REPS_SUMMARY,
     TextRepConfig,
     cached_embeddings,
+    pca_project,
 )
 
 
@@ -147,7 +148,7 @@ def knowledge_texts(
 @dataclass
 class Encoded:
     reps: np.ndarray
-    projector: Projector
+    projector: Projector | None  # None with projector = "pca"
     summary: dict
 
 
@@ -177,10 +178,15 @@ def encode(
         view_emb = cached_embeddings(view_texts, cache, text_cfg)
         x = np.concatenate([know, raw_emb], axis=1)
         views = np.concatenate([view_emb, view_emb], axis=1)
-    model, history = train_projector(x, pairs, cfg, views)
-    reps = project(model, x)
+    model: Projector | None = None
+    history: list = []
+    if cfg.projector == "pca":
+        reps = pca_project(x, cfg.dim)
+    else:
+        model, history = train_projector(x, pairs, cfg, views)
+        reps = project(model, x)
+        torch.save(model.state_dict(), out_dir / "projector.pt")
     np.save(out_dir / REPS_FILE, reps)
-    torch.save(model.state_dict(), out_dir / "projector.pt")
     summary = {
         "kind": kind,
         "config": asdict(cfg),

@@ -22,11 +22,18 @@ class EncodeConfig:
     # relation agent's complement/substitute kinds, plus the item's own raw text after them.
     # The last is the default: best on complete Office knowledge (README, MAKR section).
     knowledge_input: str = "card+relations+text"
+    # how the MiniLM embedding becomes d = `dim`: the projector trained contrastively on
+    # train-period co-interactions, or the same PCA as `text` (isolates what the knowledge adds)
+    projector: str = "contrastive"
 
     def __post_init__(self) -> None:
+        if self.projector not in PROJECTORS:
+            known = ", ".join(PROJECTORS)
+            raise ValueError(f"unknown projector {self.projector!r}; known: {known}")
         if self.knowledge_input not in KNOWLEDGE_INPUTS:
             known = ", ".join(KNOWLEDGE_INPUTS)
             raise ValueError(f"unknown knowledge_input {self.knowledge_input!r}; known: {known}")
 
 
 KNOWLEDGE_INPUTS = ("card", "card+relations", "card+relations+text")
+PROJECTORS = ("contrastive", "pca")
