@@ -160,3 +160,43 @@ def test_garbage_bytes_and_lone_surrogates_in_an_item_are_handled():
     import json
 
     assert json.loads(json.dumps(record))["item_id"] == "id-\udc80"  # round-trips as JSON
+
+
+def _card(**fields) -> ItemCard:
+    base = {
+        "reasoning": "unknown",
+        "kind": "movie",
+        "brand": "unknown",
+        "purpose": "entertainment",
+        "audience": "unknown",
+        "attributes": {},
+        "summary": "unknown",
+    }
+    return ItemCard.model_validate(base | fields)
+
+
+def test_critic_flags_what_a_card_copies_from_the_prompts_examples():
+    """Measured on ML-100K: the first 222 Gemma cards called Toy Story and Taxi Driver James Bond
+    films "full of chases and spy missions", copied from the prompt's GoldenEye example."""
+    toy_story = "Toy Story. 1995. Animation Children's Comedy"
+    copied = _card(
+        reasoning="A 1995 James Bond spy film, watched by fans of animation.",
+        audience="action and spy film fans",
+        summary="1995 animated comedy full of chases and spy missions",
+    )
+    complaints = critique(copied, toy_story)
+    assert complaints["reasoning"] == 'Reasoning "james bond" is not in the product text.'
+    assert complaints["audience"] == 'Audience copies an example ("action and spy film fans").'
+    assert complaints["summary"] == 'Summary copies an example ("full of chases and spy").'
+    # the same card, minus the copies, passes: its own words are not checked against examples
+    honest = _card(reasoning="A 1995 animated comedy for children.", audience="families")
+    assert critique(honest, toy_story) == {}
+    # wording shared with an example is fine when the item's text says every word of it
+    pens = "Pilot G2 Retractable Gel Pens, Bold Point, Black Ink, 12 Pack. Pilot. Pens"
+    card = _card(kind="gel pens", summary="Twelve retractable pens with bold black ink.")
+    assert critique(card, pens) == {}
+    # and a name from the examples is fine where the item's text has it
+    staples = "Stanley TRA705T 5/16-Inch Staples. Stanley. Staples"
+    assert critique(
+        _card(kind="staples", reasoning="Stanley staples for Arrow guns."), staples
+    ) == {"reasoning": 'Reasoning "arrow" is not in the product text.'}

@@ -166,3 +166,27 @@ def test_pca_projector_is_the_text_pipeline_over_the_knowledge(tmp_path):
     assert not np.allclose(known.reps, text)
     with pytest.raises(ValueError, match="unknown projector 'mlp'"):
         EncodeConfig(projector="mlp")
+
+
+def test_agreement_counts_cards_copied_from_the_prompts_examples():
+    from reaseq.offline.makr.evaluate import CatalogFacts, agreement
+
+    items = pd.DataFrame(
+        {
+            "item_id": ["1", "2"],
+            "text": ["Toy Story. 1995. Animation Comedy", "Heat. 1995. Action Crime Thriller"],
+        }
+    )
+    genres = {"1": "Animation Comedy", "2": "Action Crime Thriller"}
+    card = {"kind": "animated comedy", "brand": "unknown", "purpose": "entertainment"}
+    card |= {"audience": "families", "attributes": {}, "reasoning": "An animated comedy."}
+    records = [
+        {"item_id": "1", "card": card | {"summary": "A 1995 animated comedy."}},
+        {
+            "item_id": "2",
+            "card": card | {"kind": "crime thriller", "summary": "A James Bond film."},
+        },
+    ]
+    out = agreement(records, items, CatalogFacts(None, genres, None, None))
+    assert out["copied_from_examples_rate"] == 0.5
+    assert out["kind_category_agreement"] == 1.0

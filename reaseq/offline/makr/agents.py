@@ -10,6 +10,7 @@ them). Two output modes, measured against each other by `reaseq makr run --outpu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -270,14 +271,73 @@ def _card_values(card: ItemCard) -> dict[str, str]:
     }
 
 
+COPY_RUN = 5  # words in a row shared with an example's answer that count as copying it
+_FUNCTION_WORDS = frozenset(
+    "a an and are as at be by for from in is it of on or the to with".split()  # noqa: SIM905
+)
+
+
+@functools.cache
+def example_answers() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The few-shot answers of the extractor prompt (normalised values) and the names they use
+    (capitalised words past a value's first word: Stanley, Uni-Ball, James Bond). Small models
+    copy them into unrelated items (measured on ML-100K: 91 of the first 222 cards called their
+    film a James Bond film), which only a check against the examples catches."""
+    values: list[str] = []
+    names: dict[str, None] = {}  # in order of appearance: complaints must be reproducible
+    for block in load_prompt("extractor.v1").template.split("\n\n"):
+        lines = block.strip().splitlines()
+        if not lines or not lines[0].startswith("Product:") or "$item" in lines[0]:
+            continue
+        for line in lines[1:]:
+            value = line.split(":", 1)[-1].strip()
+            values.append(_norm(value))
+            names |= dict.fromkeys(_norm(w) for w in value.split()[1:] if w[:1].isupper())
+    return tuple(values), tuple(n for n in names if n)
+
+
+def _copied_run(value: str, text: str, answers: tuple[str, ...]) -> str | None:
+    """The first COPY_RUN-word run of `value` found in an example's answer that holds a content
+    word the item's own (normalised) text does not: copied claims, not shared wording of true
+    ones."""
+    words, known = value.split(), set(text.split()) | _FUNCTION_WORDS
+    for i in range(len(words) - COPY_RUN + 1):
+        run = words[i : i + COPY_RUN]
+        phrase = " ".join(run)
+        if not known.issuperset(run) and any(f" {phrase} " in f" {a} " for a in answers):
+            return phrase
+    return None
+
+
+def example_copies(card: ItemCard, item_text: str) -> dict[str, str]:
+    """Field -> complaint for what a card took from the prompt's examples: one of their names, or
+    five words in a row holding a word the item's text lacks (the reasoning is not encoded, so
+    only names are checked there; it steers the fields after it)."""
+    answers, example_names = example_answers()
+    text = _norm(item_text)
+    padded = f" {text} "
+    complaints: dict[str, str] = {}
+    for name, value in _card_values(card).items():
+        said = f" {_norm(value)} "
+        borrowed = [n for n in example_names if f" {n} " in said and f" {n} " not in padded]
+        run = None if name == "reasoning" else _copied_run(said.strip(), text, answers)
+        if borrowed and name != "brand":  # the critic's brand check says it for the brand
+            said_names = " ".join(borrowed)
+            complaints[name] = f'{name.capitalize()} "{said_names}" is not in the product text.'
+        elif run:
+            complaints[name] = f'{name.capitalize()} copies an example ("{run}").'
+    return complaints
+
+
 def critique(card: ItemCard, item_text: str) -> dict[str, str]:
     """The critic: checks a card against the item's own text and returns field -> complaint, one
     sentence each, which the repair prompt shows the extractor. It checks the facts that can be
     checked: the brand must occur in the text, every number must occur in the text, the card must
-    say what the item is, and one value must not fill several fields."""
+    say what the item is, one value must not fill several fields, and nothing may come from the
+    prompt's examples unless the item's text says it too (`example_copies`)."""
     text = _norm(item_text)
+    complaints = example_copies(card, item_text)
     numbers_in_text = set(_NUMBER.findall(item_text))
-    complaints: dict[str, str] = {}
     if card.kind.lower() == UNKNOWN:
         complaints["kind"] = "Kind must name what the product is."
     if card.brand.lower() != UNKNOWN and _norm(card.brand) not in text:

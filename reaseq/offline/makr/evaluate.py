@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reaseq.offline.makr.schemas import UNKNOWN
+from reaseq.offline.makr.agents import example_copies
+from reaseq.offline.makr.schemas import UNKNOWN, ItemCard
 
 _STOP = {"and", "the", "for", "with", "of", "a", "an", "in", "on", "to", "or", "&"}
 
@@ -104,6 +105,8 @@ def agreement(records: list[dict], items: pd.DataFrame, facts: CatalogFacts) -> 
     out["brand_named_rate"] = round(len(named) / max(1, len(cards)), 4)
     grounded = [_words(c["brand"]) <= _words(texts.get(i, "")) for i, c in named]
     out["brand_grounded_rate"] = round(float(np.mean(grounded)), 4) if grounded else float("nan")
+    copied = [bool(example_copies(ItemCard.model_validate(c), texts.get(i, ""))) for i, c in cards]
+    out["copied_from_examples_rate"] = round(float(np.mean(copied)), 4) if copied else float("nan")
     if facts.brand is not None:
         known = [(i, c) for i, c in cards if facts.brand.get(i)]
         hits = [bool(_words(c["brand"]) & _words(facts.brand[i])) for i, c in known]
