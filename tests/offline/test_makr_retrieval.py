@@ -16,6 +16,16 @@ from reaseq.offline.makr.encode import (
 from reaseq.offline.makr.evaluate import _words, relation_check, validity
 from reaseq.offline.makr.retrieval import macro_recall, neighbours, sm_hr
 
+STAPLER_CARD = {
+    "reasoning": "A stapler for the desk.",
+    "kind": "desktop stapler",
+    "brand": "unknown",
+    "purpose": "fastening paper",
+    "audience": "office workers",
+    "attributes": {},
+    "summary": "A desktop stapler.",
+}
+
 
 def test_neighbours_exclude_self_and_rank_by_cosine():
     catalog = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
@@ -105,15 +115,7 @@ def test_knowledge_input_names_what_the_encoder_embeds(tmp_path):
 
     data = prepare(load_dataset(synthetic.generate(tmp_path), name="s"), PrepareConfig())
     first, second = data.items.iloc[0], data.items.iloc[1]
-    card = {
-        "reasoning": "A stapler for the desk.",
-        "kind": "desktop stapler",
-        "brand": "unknown",
-        "purpose": "fastening paper",
-        "audience": "office workers",
-        "attributes": {},
-        "summary": "A desktop stapler.",
-    }
+    card = STAPLER_CARD
     relations = {"complements": ["staples"], "substitutes": ["paper clips"]}
     records = {str(first.item_id): {"card": card, "relations": relations}}
     texts = {
@@ -150,15 +152,7 @@ def test_pca_projector_is_the_text_pipeline_over_the_knowledge(tmp_path):
     bare = encode("makr", data, {}, tmp_path / "reps" / "makr", text_cfg, pca)
     assert bare.projector is None and not (tmp_path / "reps" / "makr" / "projector.pt").exists()
     np.testing.assert_array_equal(bare.reps, text)
-    card = {
-        "reasoning": "r",
-        "kind": "desktop stapler",
-        "brand": "unknown",
-        "purpose": "fastening paper",
-        "audience": "office workers",
-        "attributes": {},
-        "summary": "A desktop stapler.",
-    }
+    card = STAPLER_CARD
     first = str(data.items.iloc[0].item_id)
     known = encode("makr", data, {first: {"card": card}}, tmp_path / "reps" / "k", text_cfg, pca)
     assert known.summary["items_without_card"] == len(data.items) - 1
