@@ -114,6 +114,10 @@ def run_cmd(
         typer.Option(min=1, help="items in flight: endpoint requests, or the torch batch size"),
     ] = 4,
     device: Annotated[str, typer.Option(help="torch backend: auto | cpu | cuda")] = "auto",
+    examples: Annotated[
+        str,
+        typer.Option(help="few-shot examples: auto (films for ml-100k) | products | films"),
+    ] = "auto",
     artifacts: ArtifactsOpt = Path("artifacts"),
     work: Annotated[
         Path | None,
@@ -133,6 +137,7 @@ def run_cmd(
     cfg = _makr_config(
         backend, model, base_url, output, engine, workers, limit, threads, concurrency, device
     )
+    cfg.examples = examples
     folder = work or artifacts / name / "makr" / Path(model).stem
     try:
         job = MakrRun(items, folder, cfg, dataset=name)
@@ -175,7 +180,7 @@ def export_cmd(
         _fail(f"{output!r} is not one of {', '.join(OUTPUTS)}")
     name, items = _catalog(dataset, artifacts)
     cfg = _makr_config("embedded", model, None, output, "local", 1, 0, 0, 1)
-    job = MakrRun(items, artifacts / name / "makr" / Path(model).stem, cfg)
+    job = MakrRun(items, artifacts / name / "makr" / Path(model).stem, cfg, dataset=name)
     path = to or SHIPPED_DIR / f"{name}.jsonl.gz"
     n = job.export(path)
     console.print(f"{n} of {len(items)} items -> {path} ({path.stat().st_size / 1e6:.2f} MB)")
@@ -190,17 +195,24 @@ def _prepared(dataset: str, artifacts: Path):
 
 
 def _knowledge(
-    data, artifacts: Path, model: str, output: str = "fields", required: bool = True
+    data,
+    artifacts: Path,
+    model: str,
+    output: str = "fields",
+    required: bool = True,
+    examples: str = "auto",
 ) -> dict[str, dict]:
     """What the cache (or the shipped file) holds for this catalog and model; generates nothing,
     so it can read while a `makr run` is still writing."""
     from reaseq.offline.makr.job import MakrConfig, ensure_knowledge
     from reaseq.offline.makr.llm import LLMConfig
 
-    cfg = MakrConfig(llm=LLMConfig(model=model), output=output, generate=False)
     try:
+        cfg = MakrConfig(
+            llm=LLMConfig(model=model), output=output, generate=False, examples=examples
+        )
         records = ensure_knowledge(data, artifacts / data.name, cfg)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
     if not records and required:
         _fail(f"no {model} knowledge for {data.name}: run `reaseq makr run` first")
@@ -254,7 +266,8 @@ def eval_cmd(
         list[str] | None,
         typer.Option(
             "--model",
-            help="models whose runs to compare, repeatable",
+            help="models whose runs to compare, repeatable; MODEL/EXAMPLES names an example "
+            "set too (gemma3-270m/products against gemma3-270m/films)",
             show_default=("gemma3-270m, smollm2-135m"),
         ),
     ] = None,
@@ -269,7 +282,10 @@ def eval_cmd(
     facts = catalog_facts(name, path, data.items)
     table, relations = {}, {}
     models = models or ["gemma3-270m", "smollm2-135m"]
-    by_model = {m: _knowledge(data, artifacts, m) for m in models}
+    by_model = {}
+    for label in models:
+        model, _, examples = label.partition("/")
+        by_model[label] = _knowledge(data, artifacts, model, examples=examples or "auto")
     common = set.intersection(*(set(r) for r in by_model.values()))  # same items for every LLM
     for model in models:
         records = [r for i, r in by_model[model].items() if i in common]

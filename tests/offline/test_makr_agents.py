@@ -200,3 +200,34 @@ def test_critic_flags_what_a_card_copies_from_the_prompts_examples():
     assert critique(
         _card(kind="staples", reasoning="Stanley staples for Arrow guns."), staples
     ) == {"reasoning": 'Reasoning "arrow" is not in the product text.'}
+
+
+def test_example_sets_keep_the_shipped_keys_and_give_films_their_own():
+    import gzip
+    import json
+
+    from reaseq.offline.makr.agents import examples_of
+    from reaseq.offline.makr.job import SHIPPED_DIR, MakrConfig, resolve_examples
+
+    with gzip.open(SHIPPED_DIR / "amazon14-office.jsonl.gz", "rt") as lines:
+        shipped = next(json.loads(x)["record"] for x in lines if '"type": "item"' in x)
+    # the products set is the original prompts: the shipped knowledge keeps its cache keys
+    assert shipped["prompt_version"] == prompt_version("fields", "products")
+    films = prompt_version("fields", "films")
+    assert films.startswith("planner.v1+films/extractor.v1+") and films != shipped["prompt_version"]
+    assert (examples_of(films), examples_of(shipped["prompt_version"])) == ("films", "products")
+    assert resolve_examples(MakrConfig(), "ml-100k").examples == "films"
+    assert resolve_examples(MakrConfig(), "amazon14-office").examples == "products"
+    assert resolve_examples(MakrConfig(examples="products"), "ml-100k").examples == "products"
+    with pytest.raises(ValueError, match="unknown example set 'songs'; known: products, films"):
+        MakrConfig(examples="songs")
+
+    backend = Scripted(GOOD)
+    Agents(backend, examples="films").extract("Heat. 1995. Action Crime Thriller", ["genre"])
+    assert "The Matrix" in backend.prompts[0] and "GoldenEye" not in backend.prompts[0]
+    heat = "Heat. 1995. Action Crime Thriller"
+    copied = _card(summary="1995 crime thriller about hackers fighting machines inside a city")
+    assert critique(copied, heat, "films") == {
+        "summary": 'Summary copies an example ("thriller about hackers fighting machines").'
+    }
+    assert critique(copied, heat, "products") == {}  # each set is checked against its own

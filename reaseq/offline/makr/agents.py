@@ -32,6 +32,19 @@ from reaseq.offline.makr.schemas import (
 )
 
 PROMPTS = ("planner.v1", "extractor.v1", "repair.v1", "relation.v1")
+# few-shot example sets: the prompt file per role. A small model copies its examples into items
+# like them (ML-100K's cards became the products set's GoldenEye), so a catalog of films gets
+# films that are not in it. `products` is the original set: its version string, hence every
+# cache key and the shipped knowledge, is unchanged.
+EXAMPLE_SETS = {
+    "products": dict(zip(("planner", "extractor", "repair", "relation"), PROMPTS, strict=True)),
+    "films": {
+        "planner": "planner.v1",
+        "extractor": "films/extractor.v1",
+        "repair": "films/repair.v1",
+        "relation": "films/relation.v1",
+    },
+}
 FALLBACK_ATTRIBUTES = ["type", "size", "material"]
 REPAIR_TEMPERATURE = 0.7  # retries and repairs sample; first attempts are greedy (reproducible)
 RECORD_VERSION = 2  # bump when what a record holds changes (2: unfixed claims withdrawn)
@@ -46,9 +59,24 @@ def load_prompt(name: str) -> string.Template:
     return string.Template(text.rstrip("\n"))
 
 
-def prompt_version(output: str) -> str:
+def example_set(examples: str) -> dict[str, str]:
+    if examples not in EXAMPLE_SETS:
+        raise ValueError(f"unknown example set {examples!r}; known: {', '.join(EXAMPLE_SETS)}")
+    return EXAMPLE_SETS[examples]
+
+
+def examples_of(version: str) -> str:
+    """The example set a record's prompt version was made with."""
+    for name, roles in EXAMPLE_SETS.items():
+        if version.startswith("+".join(roles.values()) + ":"):
+            return name
+    return "products"
+
+
+def prompt_version(output: str, examples: str = "products") -> str:
     """Names the prompt files and hashes their content and the decoding limits, so an edit
     without a version bump still misses the cache."""
+    names = tuple(example_set(examples).values())
     settings = [
         output,
         Agents.FIELD_TOKENS,
@@ -58,9 +86,9 @@ def prompt_version(output: str) -> str:
         RECORD_VERSION,
     ]
     digest = hashlib.sha256(json.dumps(settings).encode())
-    for name in PROMPTS:
+    for name in names:
         digest.update(load_prompt(name).template.encode())
-    return f"{'+'.join(PROMPTS)}:{output}:{digest.hexdigest()[:10]}"
+    return f"{'+'.join(names)}:{output}:{digest.hexdigest()[:10]}"
 
 
 def item_prompt_text(text: str, limit: int = MAX_ITEM_CHARS) -> str:
@@ -107,11 +135,14 @@ class Agents:
     FIELD_TOKENS: ClassVar[dict[str, int]] = {"reasoning": 40, "summary": 40}
     OTHER_TOKENS = 16  # every other field is a short phrase
 
-    def __init__(self, llm: LLMBackend, output: str = "fields", retries: int = 1):
+    def __init__(
+        self, llm: LLMBackend, output: str = "fields", retries: int = 1, examples: str = "products"
+    ):
         if output not in ("fields", "json"):
             raise ValueError(f"output must be 'fields' or 'json', not {output!r}")
         self.llm, self.output, self.retries = llm, output, retries
-        self.templates = {name: load_prompt(name) for name in PROMPTS}
+        self.examples = examples
+        self.templates = {role: load_prompt(name) for role, name in example_set(examples).items()}
 
     # -- plumbing -------------------------------------------------------------------------
     def _line(self, prompt: str, usage: Usage, max_tokens: int, temperature: float) -> str:
@@ -138,7 +169,7 @@ class Agents:
     # -- planner --------------------------------------------------------------------------
     def plan(self, category: str, examples: list[str]) -> AgentOutcome:
         shown = "; ".join(item_prompt_text(e, 80) for e in examples[:2])
-        prompt = self.templates["planner.v1"].substitute(category=category, examples=shown)
+        prompt = self.templates["planner"].substitute(category=category, examples=shown)
 
         def run(usage: Usage, temperature: float) -> AttributePlan:
             reserved = (*CORE_FIELDS, "summary", "reasoning")
@@ -165,9 +196,9 @@ class Agents:
         item = item_prompt_text(item_text)
         if complaints:
             corrections = " ".join(complaints.values())
-            prompt = self.templates["repair.v1"].substitute(item=item, corrections=corrections)
+            prompt = self.templates["repair"].substitute(item=item, corrections=corrections)
         else:
-            prompt = self.templates["extractor.v1"].substitute(item=item)
+            prompt = self.templates["extractor"].substitute(item=item)
         keep = {}
         if complaints and previous is not None:
             keep = {k: v for k, v in _card_values(previous).items() if k not in complaints}
@@ -228,7 +259,7 @@ class Agents:
 
     # -- relations ------------------------------------------------------------------------
     def relate(self, item_text: str, kind: str) -> AgentOutcome:
-        prompt = self.templates["relation.v1"].substitute(
+        prompt = self.templates["relation"].substitute(
             item=item_prompt_text(item_text, 200), kind=kind
         )
 
@@ -278,14 +309,14 @@ _FUNCTION_WORDS = frozenset(
 
 
 @functools.cache
-def example_answers() -> tuple[tuple[str, ...], tuple[str, ...]]:
+def example_answers(examples: str = "products") -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The few-shot answers of the extractor prompt (normalised values) and the names they use
     (capitalised words past a value's first word: Stanley, Uni-Ball, James Bond). Small models
     copy them into unrelated items (measured on ML-100K: 91 of the first 222 cards called their
     film a James Bond film), which only a check against the examples catches."""
     values: list[str] = []
     names: dict[str, None] = {}  # in order of appearance: complaints must be reproducible
-    for block in load_prompt("extractor.v1").template.split("\n\n"):
+    for block in load_prompt(example_set(examples)["extractor"]).template.split("\n\n"):
         lines = block.strip().splitlines()
         if not lines or not lines[0].startswith("Product:") or "$item" in lines[0]:
             continue
@@ -309,11 +340,11 @@ def _copied_run(value: str, text: str, answers: tuple[str, ...]) -> str | None:
     return None
 
 
-def example_copies(card: ItemCard, item_text: str) -> dict[str, str]:
+def example_copies(card: ItemCard, item_text: str, examples: str = "products") -> dict[str, str]:
     """Field -> complaint for what a card took from the prompt's examples: one of their names, or
     five words in a row holding a word the item's text lacks (the reasoning is not encoded, so
     only names are checked there; it steers the fields after it)."""
-    answers, example_names = example_answers()
+    answers, example_names = example_answers(examples)
     text = _norm(item_text)
     padded = f" {text} "
     complaints: dict[str, str] = {}
@@ -329,14 +360,14 @@ def example_copies(card: ItemCard, item_text: str) -> dict[str, str]:
     return complaints
 
 
-def critique(card: ItemCard, item_text: str) -> dict[str, str]:
+def critique(card: ItemCard, item_text: str, examples: str = "products") -> dict[str, str]:
     """The critic: checks a card against the item's own text and returns field -> complaint, one
     sentence each, which the repair prompt shows the extractor. It checks the facts that can be
     checked: the brand must occur in the text, every number must occur in the text, the card must
     say what the item is, one value must not fill several fields, and nothing may come from the
     prompt's examples unless the item's text says it too (`example_copies`)."""
     text = _norm(item_text)
-    complaints = example_copies(card, item_text)
+    complaints = example_copies(card, item_text, examples)
     numbers_in_text = set(_NUMBER.findall(item_text))
     if card.kind.lower() == UNKNOWN:
         complaints["kind"] = "Kind must name what the product is."

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reaseq.offline.makr.agents import example_copies
+from reaseq.offline.makr.agents import example_copies, examples_of
 from reaseq.offline.makr.schemas import UNKNOWN, ItemCard
 
 _STOP = {"and", "the", "for", "with", "of", "a", "an", "in", "on", "to", "or", "&"}
@@ -100,12 +100,16 @@ def _median(values: list[float]) -> float:
 def agreement(records: list[dict], items: pd.DataFrame, facts: CatalogFacts) -> dict[str, float]:
     texts = dict(zip(items["item_id"].astype(str), items["text"].fillna(""), strict=True))
     cards = [(r["item_id"], r["card"]) for r in records if r.get("card")]
+    made_with = {r["item_id"]: examples_of(r.get("prompt_version", "")) for r in records}
     out: dict[str, float] = {}
     named = [(i, c) for i, c in cards if c["brand"].lower() != UNKNOWN]
     out["brand_named_rate"] = round(len(named) / max(1, len(cards)), 4)
     grounded = [_words(c["brand"]) <= _words(texts.get(i, "")) for i, c in named]
     out["brand_grounded_rate"] = round(float(np.mean(grounded)), 4) if grounded else float("nan")
-    copied = [bool(example_copies(ItemCard.model_validate(c), texts.get(i, ""))) for i, c in cards]
+    copied = [
+        bool(example_copies(ItemCard.model_validate(c), texts.get(i, ""), made_with[i]))
+        for i, c in cards
+    ]
     out["copied_from_examples_rate"] = round(float(np.mean(copied)), 4) if copied else float("nan")
     if facts.brand is not None:
         known = [(i, c) for i, c in cards if facts.brand.get(i)]

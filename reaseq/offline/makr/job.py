@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +28,7 @@ from reaseq.offline.makr.agents import (
     Agents,
     Usage,
     critique,
+    example_set,
     item_prompt_text,
     prompt_version,
 )
@@ -63,6 +64,22 @@ class MakrConfig:
     # record are encoded from their raw text (counted in the encode summary)
     generate: bool = True
     encode: EncodeConfig = field(default_factory=EncodeConfig)  # knowledge -> representation
+    # few-shot example set (agents.EXAMPLE_SETS); "auto": the dataset's (EXAMPLES_BY_DATASET)
+    examples: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.examples != "auto":
+            example_set(self.examples)  # a typo in a config fails at load, not hours later
+
+
+EXAMPLES_BY_DATASET = {"ml-100k": "films"}  # any other catalog: products
+
+
+def resolve_examples(cfg: MakrConfig, dataset: str) -> MakrConfig:
+    """`cfg` with its example set named, checked against agents.EXAMPLE_SETS."""
+    name = EXAMPLES_BY_DATASET.get(dataset, "products") if cfg.examples == "auto" else cfg.examples
+    example_set(name)
+    return replace(cfg, examples=name)
 
 
 def _key(*parts: object) -> str:
@@ -181,10 +198,14 @@ def process_item(agents: Agents, task: ItemTask, plan: Plan, model: str, version
         record = KnowledgeRecord(**base, status="failed", failure=f"extractor: {extracted.failure}")
     else:
         card, status, withdrawn = extracted.value, "ok", []
-        complaints = critique(card, task.text)
+        complaints = critique(card, task.text, agents.examples)
         if complaints:
             repair = spend(agents.extract(task.text, plan.attributes, complaints, card))
-            left = critique(repair.value, task.text) if repair.value is not None else None
+            left = (
+                critique(repair.value, task.text, agents.examples)
+                if repair.value is not None
+                else None
+            )
             if left is not None and len(left) < len(complaints):
                 card, complaints = repair.value, left
             status = "repaired" if not complaints else "flagged"
@@ -267,11 +288,12 @@ class MakrRun:
         dataset: str = "",
         backend: LLMBackend | None = None,  # a loaded model to share between catalogs
     ):
+        cfg = resolve_examples(cfg, dataset)
         self.cfg, self.work, self._backend = cfg, work, backend
         self.catalog = items  # plans see the whole catalog, so a --limit trial shares its keys
         self.items = items if not cfg.limit else items.head(cfg.limit)
         self.model = model_identity(cfg.llm)
-        self.version = prompt_version(cfg.output)
+        self.version = prompt_version(cfg.output, cfg.examples)
         self.cache = KnowledgeCache(work / CACHE_FILE)
         shipped = cfg.shipped_dir / f"{dataset}.jsonl.gz"
         self.seeded = self.cache.import_file(shipped) if dataset and shipped.is_file() else 0
@@ -280,7 +302,7 @@ class MakrRun:
     def agents(self) -> Agents:
         if self._agents is None:
             backend: LLMBackend = self._backend or make_backend(self.cfg.llm)
-            self._agents = Agents(backend, self.cfg.output, self.cfg.retries)
+            self._agents = Agents(backend, self.cfg.output, self.cfg.retries, self.cfg.examples)
         return self._agents
 
     def plans(self) -> dict[str, Plan]:

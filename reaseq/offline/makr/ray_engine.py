@@ -18,7 +18,7 @@ CHUNK = 4  # items per task: small enough that progress and resume stay fine-gra
 
 class _Worker:
     def __init__(self, cfg: MakrConfig, model: str, version: str):
-        self.agents = Agents(make_backend(cfg.llm), cfg.output, cfg.retries)
+        self.agents = Agents(make_backend(cfg.llm), cfg.output, cfg.retries, cfg.examples)
         self.model, self.version = model, version
 
     def process(self, tasks: list[ItemTask], plans: dict[str, Plan]) -> list[dict]:
