@@ -173,7 +173,9 @@ def makr_prompts(data: Prepared, work: Path) -> list[str]:
         def agents(self) -> Agents:
             return Agents(recorder)
 
-    cfg = MakrConfig(llm=LLMConfig(backend="openai", model="recorder"), limit=12)
+    # one item at a time: the prompts are compared in the order they were sent
+    llm = LLMConfig(backend="openai", model="recorder", concurrency=1)
+    cfg = MakrConfig(llm=llm, limit=12)
     cfg.shipped_dir = work / "no-shipped-knowledge"
     run = RecordedRun(data.items, work, cfg, dataset=data.name)
     try:
